@@ -1,0 +1,19 @@
+//! l3kit: a toolkit for Large Lookup Layers (L3).
+//!
+//! The stages run one way: a corpus is [`profile`]d (unigram counts and the LZW codeword
+//! dictionary), the profile is turned into an [`allocation`] by [`allocate`], and later stages
+//! pack, verify and publish tables laid out by that allocation. See `docs/architecture.md`.
+
+pub mod allocate;
+pub mod allocation;
+pub mod demo;
+pub mod error;
+pub mod fsutil;
+pub mod layout;
+pub mod lzw;
+pub mod profile;
+pub mod progress;
+pub mod st;
+
+pub use allocation::{Allocation, AllocationMeta};
+pub use error::{Error, Result};

@@ -6,14 +6,19 @@
 
 pub mod allocate;
 pub mod allocation;
+pub mod checkpoint;
+pub mod convert;
 pub mod demo;
+pub mod dialect;
 pub mod error;
 pub mod fsutil;
 pub mod layout;
 pub mod lzw;
+pub mod pack;
 pub mod profile;
 pub mod progress;
 pub mod st;
+pub mod synth;
 
 pub use allocation::{Allocation, AllocationMeta};
 pub use error::{Error, Result};

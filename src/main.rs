@@ -2,8 +2,10 @@
 
 use clap::{Args, Parser, Subcommand};
 use l3kit::allocate::{self, AllocateOptions, AllocationReport, FillPolicy, LayerShape, Method};
+use l3kit::dialect::Dialect;
 use l3kit::layout::TableDtype;
 use l3kit::lzw::LzwVariant;
+use l3kit::pack::{self, PackOptions, PackSummary};
 use l3kit::profile::{self, IdSplit, InputFormat, Profile, ProfileOptions, ProfileSummary};
 use l3kit::progress::Ui;
 use l3kit::{Error, Result};
@@ -43,8 +45,119 @@ enum Command {
         l3kit allocate --profile p.safetensors --n-emb 710000 --k-max 512 --d-in 2048 --d-emb 1024 --dtype bf16 --out a.safetensors\n\n\
         Python: safetensors.numpy.load_file(\"alloc.safetensors\")[\"bounds\"]")]
     Allocate(AllocateArgs),
+    /// Pack a trained checkpoint's L3 tables into offload-friendly safetensors shards.
+    #[command(after_help = "Examples:\n  \
+        l3kit pack ckpt/ --out packed/\n  \
+        l3kit pack model.pt --allocation alloc.safetensors --dtype int8 --max-shard-size 2GB --out packed/\n  \
+        l3kit pack ckpt.safetensors --map names.toml --dtype bf16 --out packed/")]
+    Pack(PackArgs),
+    /// Rebuild a checkpoint in the source dialect's layout from a packed folder.
+    Unpack(UnpackArgs),
+    /// Summarise a packed folder or a source checkpoint; --check verifies a packed folder.
+    #[command(after_help = "Examples:\n  \
+        l3kit inspect ckpt/                 # what pack would detect\n  \
+        l3kit inspect packed/ --profile p.safetensors\n  \
+        l3kit inspect --check packed/       # exit 1 on any mismatch")]
+    Inspect(InspectArgs),
+    /// Write a synthetic L3 checkpoint of any size (for benchmarks and tests).
+    Synth(SynthArgs),
     /// Run the pipeline on the bundled data (GPT-2 tokenizer, public-domain English text).
     Demo(DemoArgs),
+}
+
+#[derive(Args)]
+struct SourceArgs {
+    /// Force the dialect instead of detecting it from tensor names.
+    #[arg(long, value_enum)]
+    dialect: Option<Dialect>,
+    /// A TOML file naming each layer's tensors (for checkpoints with other names).
+    #[arg(long)]
+    map: Option<PathBuf>,
+    /// The allocation (bounds) for checkpoints that do not carry it; must agree when both do.
+    #[arg(long)]
+    allocation: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct PackArgs {
+    /// A .safetensors file, a .pt/.bin file, or a checkpoint folder (sharded index allowed).
+    source: PathBuf,
+    #[command(flatten)]
+    src: SourceArgs,
+    /// Table dtype (default: the source's).
+    #[arg(long, value_enum)]
+    dtype: Option<TableDtype>,
+    /// Convert the other floating-point tensors too (default: unchanged).
+    #[arg(long, value_enum)]
+    other_dtype: Option<TableDtype>,
+    /// Largest shard (e.g. 5GB, 500MB, 2GiB).
+    #[arg(long, default_value = "5GB", value_parser = parse_size_arg)]
+    max_shard_size: u64,
+    /// Pack even if tables hold NaN or Inf.
+    #[arg(long)]
+    allow_nonfinite: bool,
+    /// Replace an existing output folder.
+    #[arg(long)]
+    force: bool,
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct UnpackArgs {
+    /// A packed folder.
+    dir: PathBuf,
+    #[arg(long, default_value = "5GB", value_parser = parse_size_arg)]
+    max_shard_size: u64,
+    #[arg(long)]
+    force: bool,
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct InspectArgs {
+    /// A packed folder, or a source checkpoint.
+    path: PathBuf,
+    /// Re-hash every file and check every invariant of a packed folder (exit 1 on mismatch).
+    #[arg(long)]
+    check: bool,
+    /// A profile, for the expected bytes fetched per token.
+    #[arg(long)]
+    profile: Option<PathBuf>,
+    #[command(flatten)]
+    src: SourceArgs,
+}
+
+#[derive(Args)]
+struct SynthArgs {
+    #[arg(long, value_enum, default_value = "paper")]
+    dialect: Dialect,
+    #[arg(long, default_value_t = 50_000)]
+    vocab: u64,
+    #[arg(long, default_value_t = 200_000)]
+    n_emb: u64,
+    #[arg(long, default_value_t = 512)]
+    k_max: u32,
+    #[arg(long, default_value_t = 1024)]
+    d_in: u64,
+    #[arg(long, default_value_t = 512)]
+    d_emb: u64,
+    #[arg(long, default_value_t = 4096)]
+    d_up: u64,
+    /// Decoder positions of the L3 layers.
+    #[arg(long, value_delimiter = ',', default_value = "4,16")]
+    layers: Vec<u32>,
+    #[arg(long, value_enum, default_value = "bf16")]
+    dtype: TableDtype,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn parse_size_arg(s: &str) -> std::result::Result<u64, String> {
+    l3kit::pack::parse_size(s)
 }
 
 #[derive(Args)]
@@ -142,6 +255,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Profile(args) => cmd_profile(args, &ui, cli.json),
         Command::Allocate(args) => cmd_allocate(args, cli.json),
+        Command::Pack(args) => cmd_pack(args, &ui, cli.json),
+        Command::Unpack(args) => cmd_unpack(args, &ui, cli.json),
+        Command::Inspect(args) => cmd_inspect(args, &ui, cli.json),
+        Command::Synth(args) => cmd_synth(args, cli.json),
         Command::Demo(args) => cmd_demo(args, &ui, cli.json),
     };
     match result {
@@ -365,6 +482,252 @@ fn cmd_demo(args: DemoArgs, ui: &Ui, json: bool) -> Result<()> {
         print_profile(&result.profile);
         println!("\n== 2. allocate: {}", result.allocation_path.display());
         print_allocation(&result.allocation);
+    }
+    Ok(())
+}
+
+fn cmd_pack(args: PackArgs, ui: &Ui, json: bool) -> Result<()> {
+    let opts = PackOptions {
+        source: args.source,
+        out: args.out,
+        dialect: args.src.dialect,
+        map: args.src.map,
+        allocation: args.src.allocation,
+        dtype: args.dtype,
+        other_dtype: args.other_dtype,
+        max_shard_size: args.max_shard_size,
+        force: args.force,
+        allow_nonfinite: args.allow_nonfinite,
+    };
+    let summary = pack::pack(&opts, ui)?;
+    if json {
+        print_json(&summary);
+    } else {
+        print_pack(&summary);
+    }
+    Ok(())
+}
+
+fn print_pack(s: &PackSummary) {
+    println!(
+        "packed {} L3 layer(s), {} dialect, vocab {}, tables as {}",
+        s.layers.len(),
+        s.dialect,
+        s.vocab_size,
+        s.dtype.name()
+    );
+    for l in &s.layers {
+        print!(
+            "  {}: n_emb {} d_in {} d_emb {}, {} in {} part(s)",
+            l.name,
+            l.n_emb,
+            l.d_in,
+            l.d_emb,
+            human_bytes(l.table_bytes as f64),
+            l.parts
+        );
+        match &l.conversion_error {
+            Some(e) => println!(
+                ", conversion error: max abs {:.3e}, relative L2 {:.3e}",
+                e.max_abs_error, e.relative_l2_error
+            ),
+            None => println!(", lossless"),
+        }
+    }
+    for n in &s.nonfinite {
+        println!(
+            "  warning: {} holds {} non-finite values (first in row {}, token {})",
+            n.tensor, n.count, n.first_row, n.first_token
+        );
+    }
+    println!(
+        "  read {} wrote {} in {} files, {:.2} s ({:.0} MB/s)",
+        human_bytes(s.bytes_read as f64),
+        human_bytes(s.bytes_written as f64),
+        s.files.len(),
+        s.seconds,
+        s.bytes_read as f64 / s.seconds.max(1e-9) / 1e6
+    );
+    if let Some(rss) = s.peak_rss_bytes {
+        println!("  peak memory {}", human_bytes(rss as f64));
+    }
+    println!("wrote {}", s.out.display());
+}
+
+fn cmd_unpack(args: UnpackArgs, ui: &Ui, json: bool) -> Result<()> {
+    let summary = pack::unpack::unpack(
+        &pack::unpack::UnpackOptions {
+            dir: args.dir,
+            out: args.out,
+            force: args.force,
+            max_shard_size: args.max_shard_size,
+        },
+        ui,
+    )?;
+    if json {
+        print_json(&summary);
+    } else {
+        println!(
+            "unpacked {} tensors ({}) into {}: {}",
+            summary.tensors,
+            human_bytes(summary.bytes as f64),
+            summary.out.display(),
+            summary.files.join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn is_packed(path: &std::path::Path) -> bool {
+    path.join(pack::INDEX_FILE).is_file()
+        && std::fs::read_to_string(path.join(pack::CONFIG_FILE))
+            .map(|c| c.contains(l3kit::layout::PACKED_FORMAT))
+            .unwrap_or(false)
+}
+
+fn cmd_inspect(args: InspectArgs, ui: &Ui, json: bool) -> Result<()> {
+    if args.check {
+        let report = pack::inspect::check_packed(&args.path, ui);
+        if json {
+            print_json(&report);
+        } else if report.ok() {
+            println!(
+                "ok: {} files ({}) re-hashed, every invariant holds",
+                report.files_hashed,
+                human_bytes(report.bytes_hashed as f64)
+            );
+        } else {
+            for p in &report.problems {
+                println!("problem: {p}");
+            }
+        }
+        if !report.ok() {
+            return Err(Error::Check(format!(
+                "{}: {} problem(s) found",
+                args.path.display(),
+                report.problems.len()
+            )));
+        }
+        return Ok(());
+    }
+    if is_packed(&args.path) {
+        let profile = match &args.profile {
+            Some(p) => Some(Profile::read(p)?),
+            None => None,
+        };
+        let r = pack::inspect::inspect_packed(&args.path, profile.as_ref())?;
+        if json {
+            print_json(&r);
+            return Ok(());
+        }
+        println!(
+            "packed model {} (format v{}, {} dialect): vocab {}, k_max {}, tables {}, {} files, {}",
+            r.dir.display(),
+            r.format_version,
+            r.dialect,
+            r.vocab_size,
+            r.k_max,
+            r.dtype.name(),
+            r.files,
+            human_bytes(r.total_bytes as f64)
+        );
+        println!(
+            "  semantics {}",
+            serde_json::to_string(&r.semantics).expect("serialises")
+        );
+        for l in &r.layers {
+            print!(
+                "  {}: n_emb {} d_in {} d_emb {} d_up {}, {} in {} part(s), worst case {} per token",
+                l.name,
+                l.n_emb,
+                l.d_in,
+                l.d_emb,
+                l.d_up,
+                human_bytes(l.table_bytes as f64),
+                l.parts,
+                human_bytes(l.worst_case_bytes_per_token as f64)
+            );
+            match l.expected_bytes_per_token {
+                Some(e) => println!(", expected {}", human_bytes(e)),
+                None => println!(),
+            }
+        }
+        return Ok(());
+    }
+    let r = pack::inspect::inspect_source(
+        &args.path,
+        args.src.dialect,
+        args.src.map.as_deref(),
+        args.src.allocation.as_deref(),
+    )?;
+    if json {
+        print_json(&r);
+        return Ok(());
+    }
+    println!(
+        "checkpoint {} ({} dialect{})",
+        r.path.display(),
+        r.dialect,
+        r.vocab_size
+            .map(|v| format!(", vocab {v}"))
+            .unwrap_or_default()
+    );
+    println!(
+        "  semantics {}",
+        serde_json::to_string(&r.semantics).expect("serialises")
+    );
+    for l in &r.layers {
+        println!(
+            "  {} (layer {}): {} {}{}, n_emb {} d_in {} d_emb {} d_up {}{}",
+            l.name,
+            l.layer_id
+                .map(|i| i.to_string())
+                .unwrap_or_else(|| "?".into()),
+            l.keys,
+            l.dtype,
+            if l.tied { ", tied K = V" } else { "" },
+            l.n_emb,
+            l.d_in,
+            l.d_emb,
+            l.d_up,
+            l.lambda
+                .as_ref()
+                .map(|x| format!(", lambda {x}"))
+                .unwrap_or_default()
+        );
+        println!("      allocation: {}", l.allocation_from);
+    }
+    println!(
+        "  {} other tensors ({}) pass through unchanged",
+        r.other_tensors,
+        human_bytes(r.other_bytes as f64)
+    );
+    Ok(())
+}
+
+fn cmd_synth(args: SynthArgs, json: bool) -> Result<()> {
+    let s = l3kit::synth::synthesize(&l3kit::synth::SynthOptions {
+        dialect: args.dialect,
+        vocab: args.vocab,
+        n_emb: args.n_emb,
+        k_max: args.k_max,
+        d_in: args.d_in,
+        d_emb: args.d_emb,
+        d_up: args.d_up,
+        layers: args.layers,
+        dtype: args.dtype,
+        seed: args.seed,
+        out: args.out,
+    })?;
+    if json {
+        print_json(&s);
+    } else {
+        println!(
+            "wrote {} ({}) and {}",
+            s.checkpoint.display(),
+            human_bytes(s.bytes as f64),
+            s.allocation.display()
+        );
     }
     Ok(())
 }

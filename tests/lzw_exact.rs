@@ -14,11 +14,12 @@ use std::collections::HashMap;
 fn naive_counts(seqs: &[Vec<u32>], vocab: u32) -> Vec<(Vec<u32>, u64)> {
     let mut counts: HashMap<Vec<u32>, u64> = HashMap::new();
     let mut order: Vec<Vec<u32>> = Vec::new();
-    let mut assign = |counts: &mut HashMap<Vec<u32>, u64>, order: &mut Vec<Vec<u32>>, k: &[u32], v: u64| {
-        if counts.insert(k.to_vec(), v).is_none() {
-            order.push(k.to_vec());
-        }
-    };
+    let mut assign =
+        |counts: &mut HashMap<Vec<u32>, u64>, order: &mut Vec<Vec<u32>>, k: &[u32], v: u64| {
+            if counts.insert(k.to_vec(), v).is_none() {
+                order.push(k.to_vec());
+            }
+        };
     for t in 0..vocab {
         assign(&mut counts, &mut order, &[t], 0);
     }
@@ -30,7 +31,9 @@ fn naive_counts(seqs: &[Vec<u32>], vocab: u32) -> Vec<(Vec<u32>, u64)> {
                 cur += 1;
             }
             if cur > last + 1 {
-                *counts.get_mut(&toks[last..cur - 1]).expect("prefix is a codeword") += 1;
+                *counts
+                    .get_mut(&toks[last..cur - 1])
+                    .expect("prefix is a codeword") += 1;
             }
             assign(&mut counts, &mut order, &toks[last..cur], 1);
             last = cur;

@@ -1,0 +1,429 @@
+//! Table sources for the forward pass: the rows of a batch's distinct tokens, gathered into one
+//! contiguous staging buffer.
+//!
+//! [`PackedStore`] serves them straight from memory-mapped packed shards the way an offloading
+//! inference engine would: one contiguous byte range per (token, layer), converted to f32 (and
+//! int8 dequantised) on the way, never loading a whole table. [`SourceTables`] serves the same
+//! rows from a source checkpoint, so the two can be compared. [`PackedStore::prefetch`] gathers
+//! the next batch's rows on a background thread while the current forward runs.
+
+use crate::checkpoint::Checkpoint;
+use crate::convert;
+use crate::error::{Error, IoContext, Result};
+use crate::layout::{PackedConfig, TableDtype};
+use crate::pack::inspect::PackedModel;
+use rayon::prelude::*;
+use safetensors::Dtype;
+use std::path::Path;
+use std::sync::Arc;
+
+/// The rows of a set of distinct tokens, back to back: token `tokens[i]` owns staging rows
+/// `starts[i]..starts[i+1]`, each `row_width` f32 values (`[key | value]`, or the tied row).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Blocks {
+    pub tokens: Vec<u32>,
+    pub starts: Vec<usize>,
+    pub rows: Vec<f32>,
+    pub row_width: usize,
+}
+
+impl Blocks {
+    pub fn block(&self, i: usize) -> &[f32] {
+        &self.rows[self.starts[i] * self.row_width..self.starts[i + 1] * self.row_width]
+    }
+}
+
+/// Anything that can hand out one layer's rows by token.
+pub trait TableSource: Send + Sync {
+    fn vocab(&self) -> usize;
+    fn row_width(&self) -> usize;
+    fn bounds(&self) -> &[i64];
+    /// Gather the rows of `tokens` (distinct ids, any order) as f32.
+    fn gather(&self, tokens: &[u32]) -> Result<Blocks>;
+}
+
+/// Check token ids against a vocabulary, naming the first bad one.
+pub fn check_tokens(tokens: &[u32], vocab: usize) -> Result<()> {
+    if let Some(i) = tokens.iter().position(|&t| t as usize >= vocab) {
+        return Err(Error::input(format!(
+            "token id {} (position {i}) is not below the vocabulary size {vocab}",
+            tokens[i]
+        )));
+    }
+    Ok(())
+}
+
+/// Split `rows` into one mutable slice per token, so tokens can be filled in parallel.
+fn per_token_slices<'a>(rows: &'a mut [f32], starts: &[usize], width: usize) -> Vec<&'a mut [f32]> {
+    let mut out = Vec::with_capacity(starts.len().saturating_sub(1));
+    let mut rest = rows;
+    for w in starts.windows(2) {
+        let (head, tail) = rest.split_at_mut((w[1] - w[0]) * width);
+        out.push(head);
+        rest = tail;
+    }
+    out
+}
+
+fn staging(tokens: &[u32], bounds: &[i64], width: usize) -> Blocks {
+    let mut starts = Vec::with_capacity(tokens.len() + 1);
+    let mut total = 0usize;
+    starts.push(0);
+    for &t in tokens {
+        total += (bounds[t as usize + 1] - bounds[t as usize]) as usize;
+        starts.push(total);
+    }
+    Blocks {
+        tokens: tokens.to_vec(),
+        starts,
+        rows: vec![0f32; total * width],
+        row_width: width,
+    }
+}
+
+/// One part file of a packed layer, memory-mapped.
+struct MappedPart {
+    token_start: u64,
+    token_end: u64,
+    row_start: u64,
+    map: Arc<memmap2::Mmap>,
+    rows_at: usize,
+    scales_at: Option<usize>,
+}
+
+/// One layer of a packed folder, served from its mapped part files.
+pub struct PackedStore {
+    dtype: TableDtype,
+    row_width: usize,
+    key_width: usize,
+    tied: bool,
+    bounds: Vec<i64>,
+    parts: Vec<MappedPart>,
+}
+
+impl PackedStore {
+    /// Map every part of layer `layer` of a packed model.
+    pub fn open(model: &PackedModel, layer: usize) -> Result<PackedStore> {
+        let c: &PackedConfig = &model.config;
+        let l = c
+            .layers
+            .get(layer)
+            .ok_or_else(|| Error::input(format!("the packed model has no L3 layer {layer}")))?;
+        let mut parts = Vec::new();
+        for p in &l.parts {
+            let path = model.dir.join(&p.file);
+            let file = std::fs::File::open(&path).with_path(&path)?;
+            // SAFETY: read-only map of a file l3kit does not modify; a concurrent truncation
+            // by another process is the usual mmap caveat.
+            let map = unsafe { memmap2::Mmap::map(&file) }.with_path(&path)?;
+            let st = safetensors::SafeTensors::deserialize(&map)
+                .map_err(|e| Error::in_file(&path, format!("not a valid safetensors file: {e}")))?;
+            let at = |name: &str, dtype: Dtype, len: usize| -> Result<usize> {
+                let view = st
+                    .tensor(name)
+                    .map_err(|_| Error::in_file(&path, format!("missing tensor {name}")))?;
+                if view.dtype() != dtype || view.data().len() != len {
+                    return Err(Error::in_file(
+                        &path,
+                        format!("tensor {name} does not match the packed config"),
+                    ));
+                }
+                Ok(view.data().as_ptr() as usize - map.as_ptr() as usize)
+            };
+            let n_rows = (p.row_end - p.row_start) as usize;
+            let rows_at = at(
+                &p.rows,
+                packed_dtype(c.dtype),
+                n_rows * l.row_width as usize * c.dtype.value_bytes() as usize,
+            )?;
+            let scale_parts = if c.semantics.tied { 1 } else { 2 };
+            let scales_at = match &p.scales {
+                Some(s) => Some(at(s, Dtype::F32, n_rows * scale_parts * 4)?),
+                None => None,
+            };
+            drop(st);
+            parts.push(MappedPart {
+                token_start: p.token_start,
+                token_end: p.token_end,
+                row_start: p.row_start,
+                map: Arc::new(map),
+                rows_at,
+                scales_at,
+            });
+        }
+        Ok(PackedStore {
+            dtype: c.dtype,
+            row_width: l.row_width as usize,
+            key_width: l.d_in as usize,
+            tied: c.semantics.tied,
+            bounds: model.bounds(layer)?,
+            parts,
+        })
+    }
+
+    fn part_of(&self, token: u32) -> &MappedPart {
+        let i = self
+            .parts
+            .partition_point(|p| p.token_end <= token as u64);
+        &self.parts[i]
+    }
+
+    /// The packed bytes of one token: one contiguous range of its part file.
+    pub fn token_bytes(&self, token: u32) -> &[u8] {
+        let part = self.part_of(token);
+        debug_assert!(part.token_start <= token as u64);
+        let row_bytes = self.row_width * self.dtype.value_bytes() as usize;
+        let (r0, r1) = (
+            self.bounds[token as usize] as u64,
+            self.bounds[token as usize + 1] as u64,
+        );
+        let start = part.rows_at + (r0 - part.row_start) as usize * row_bytes;
+        &part.map[start..start + (r1 - r0) as usize * row_bytes]
+    }
+
+    /// Copy the packed bytes of `tokens` back to back into `out` (no conversion): what an
+    /// engine that computes in the packed dtype would ship to the accelerator.
+    pub fn gather_raw(&self, tokens: &[u32], out: &mut Vec<u8>) -> Result<()> {
+        check_tokens(tokens, self.vocab())?;
+        let ranges: Vec<&[u8]> = tokens.iter().map(|&t| self.token_bytes(t)).collect();
+        let total: usize = ranges.iter().map(|r| r.len()).sum();
+        out.clear();
+        out.resize(total, 0);
+        let mut slices = Vec::with_capacity(ranges.len());
+        let mut rest = out.as_mut_slice();
+        for r in &ranges {
+            let (head, tail) = rest.split_at_mut(r.len());
+            slices.push(head);
+            rest = tail;
+        }
+        slices
+            .into_par_iter()
+            .zip(ranges.par_iter())
+            .for_each(|(dst, src)| dst.copy_from_slice(src));
+        Ok(())
+    }
+
+    /// Start gathering `tokens` on a background thread.
+    pub fn prefetch(self: &Arc<Self>, tokens: Vec<u32>) -> Prefetch {
+        let store = Arc::clone(self);
+        Prefetch {
+            handle: std::thread::spawn(move || store.gather(&tokens)),
+        }
+    }
+}
+
+/// Rows being gathered in the background; `wait` hands them over.
+pub struct Prefetch {
+    handle: std::thread::JoinHandle<Result<Blocks>>,
+}
+
+impl Prefetch {
+    pub fn wait(self) -> Result<Blocks> {
+        self.handle
+            .join()
+            .map_err(|_| Error::Other("the prefetch thread panicked".into()))?
+    }
+}
+
+fn packed_dtype(t: TableDtype) -> Dtype {
+    match t {
+        TableDtype::F32 => Dtype::F32,
+        TableDtype::Bf16 => Dtype::BF16,
+        TableDtype::F16 => Dtype::F16,
+        TableDtype::Int8 => Dtype::I8,
+    }
+}
+
+impl TableSource for PackedStore {
+    fn vocab(&self) -> usize {
+        self.bounds.len() - 1
+    }
+    fn row_width(&self) -> usize {
+        self.row_width
+    }
+    fn bounds(&self) -> &[i64] {
+        &self.bounds
+    }
+
+    fn gather(&self, tokens: &[u32]) -> Result<Blocks> {
+        check_tokens(tokens, self.vocab())?;
+        let mut blocks = staging(tokens, &self.bounds, self.row_width);
+        let width = self.row_width;
+        let slices = per_token_slices(&mut blocks.rows, &blocks.starts, width);
+        slices
+            .into_par_iter()
+            .zip(tokens.par_iter())
+            .for_each(|(dst, &t)| self.fill(t, dst));
+        Ok(blocks)
+    }
+}
+
+impl PackedStore {
+    fn fill(&self, token: u32, dst: &mut [f32]) {
+        let bytes = self.token_bytes(token);
+        let mut out = Vec::with_capacity(dst.len());
+        match self.dtype {
+            TableDtype::F32 => convert::decode_f32(Dtype::F32, bytes, &mut out),
+            TableDtype::Bf16 => convert::decode_f32(Dtype::BF16, bytes, &mut out),
+            TableDtype::F16 => convert::decode_f32(Dtype::F16, bytes, &mut out),
+            TableDtype::Int8 => {
+                let part = self.part_of(token);
+                let scale_parts = if self.tied { 1 } else { 2 };
+                let at = part.scales_at.expect("int8 parts carry scales");
+                let r0 = (self.bounds[token as usize] as u64 - part.row_start) as usize;
+                for (r, row) in bytes.chunks_exact(self.row_width).enumerate() {
+                    let s = at + (r0 + r) * scale_parts * 4;
+                    let scale = |k: usize| {
+                        f32::from_le_bytes(
+                            part.map[s + 4 * k..s + 4 * k + 4]
+                                .try_into()
+                                .expect("4 bytes"),
+                        )
+                    };
+                    convert::dequantise_int8(&row[..self.key_width], scale(0), &mut out);
+                    if !self.tied {
+                        convert::dequantise_int8(&row[self.key_width..], scale(1), &mut out);
+                    }
+                }
+            }
+        }
+        dst.copy_from_slice(&out);
+    }
+}
+
+/// One layer's tables read from a source checkpoint, in the same `[key | value]` row form.
+pub struct SourceTables {
+    bounds: Vec<i64>,
+    key_width: usize,
+    value_width: usize,
+    dtype: Dtype,
+    source: TableBytes,
+    keys: String,
+    values: Option<String>,
+}
+
+enum TableBytes {
+    /// Positioned reads from a safetensors checkpoint.
+    Checkpoint(Arc<Checkpoint>),
+    /// Whole tables in memory (PyTorch files, whose reader loads tensors whole).
+    Memory(Vec<u8>, Option<Vec<u8>>),
+}
+
+impl SourceTables {
+    pub fn new(
+        ckpt: Arc<Checkpoint>,
+        keys: &str,
+        values: Option<&str>,
+        bounds: Vec<i64>,
+    ) -> Result<SourceTables> {
+        let k = ckpt
+            .get(keys)
+            .ok_or_else(|| Error::in_file(ckpt.path(), format!("missing tensor {keys}")))?
+            .clone();
+        let value_width = match values {
+            Some(v) => {
+                ckpt.get(v)
+                    .ok_or_else(|| Error::in_file(ckpt.path(), format!("missing tensor {v}")))?
+                    .shape[1]
+            }
+            None => 0,
+        };
+        let is_pt = ckpt
+            .files()
+            .iter()
+            .any(|f| !f.extension().is_some_and(|e| e == "safetensors"));
+        let source = if is_pt {
+            TableBytes::Memory(
+                ckpt.read_all(keys)?,
+                values.map(|v| ckpt.read_all(v)).transpose()?,
+            )
+        } else {
+            TableBytes::Checkpoint(ckpt)
+        };
+        Ok(SourceTables {
+            bounds,
+            key_width: k.shape[1],
+            value_width,
+            dtype: k.dtype,
+            source,
+            keys: keys.to_string(),
+            values: values.map(str::to_string),
+        })
+    }
+
+    fn read(&self, values: bool, start: usize, len: usize, buf: &mut Vec<u8>) -> Result<()> {
+        match &self.source {
+            TableBytes::Checkpoint(c) => {
+                let name = if values {
+                    self.values.as_deref().expect("values exist")
+                } else {
+                    &self.keys
+                };
+                c.read_range(name, start, len, buf)
+            }
+            TableBytes::Memory(k, v) => {
+                let src = if values {
+                    v.as_ref().expect("values exist")
+                } else {
+                    k
+                };
+                buf.clear();
+                buf.extend_from_slice(&src[start..start + len]);
+                Ok(())
+            }
+        }
+    }
+}
+
+impl TableSource for SourceTables {
+    fn vocab(&self) -> usize {
+        self.bounds.len() - 1
+    }
+    fn row_width(&self) -> usize {
+        self.key_width + self.value_width
+    }
+    fn bounds(&self) -> &[i64] {
+        &self.bounds
+    }
+
+    fn gather(&self, tokens: &[u32]) -> Result<Blocks> {
+        check_tokens(tokens, self.vocab())?;
+        let width = self.row_width();
+        let mut blocks = staging(tokens, &self.bounds, width);
+        let size = convert::float_size(self.dtype).expect("tables are floats");
+        let slices = per_token_slices(&mut blocks.rows, &blocks.starts, width);
+        slices
+            .into_par_iter()
+            .zip(tokens.par_iter())
+            .try_for_each(|(dst, &t)| -> Result<()> {
+                let r0 = self.bounds[t as usize] as usize;
+                let n = self.bounds[t as usize + 1] as usize - r0;
+                let (mut kb, mut vb) = (Vec::new(), Vec::new());
+                let (mut kf, mut vf) = (Vec::new(), Vec::new());
+                self.read(false, r0 * self.key_width * size, n * self.key_width * size, &mut kb)?;
+                convert::decode_f32(self.dtype, &kb, &mut kf);
+                if self.value_width > 0 {
+                    self.read(true, r0 * self.value_width * size, n * self.value_width * size, &mut vb)?;
+                    convert::decode_f32(self.dtype, &vb, &mut vf);
+                }
+                for r in 0..n {
+                    let row = &mut dst[r * width..(r + 1) * width];
+                    row[..self.key_width]
+                        .copy_from_slice(&kf[r * self.key_width..(r + 1) * self.key_width]);
+                    row[self.key_width..]
+                        .copy_from_slice(&vf[r * self.value_width..(r + 1) * self.value_width]);
+                }
+                Ok(())
+            })?;
+        Ok(blocks)
+    }
+}
+
+/// Open every layer of a packed folder as stores.
+pub fn open_packed(dir: &Path) -> Result<(PackedModel, Vec<Arc<PackedStore>>)> {
+    let model = PackedModel::open(dir)?;
+    let stores = (0..model.config.layers.len())
+        .map(|i| PackedStore::open(&model, i).map(Arc::new))
+        .collect::<Result<_>>()?;
+    Ok((model, stores))
+}

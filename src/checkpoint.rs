@@ -518,6 +518,11 @@ impl Checkpoint {
             .iter()
             .filter(|n| has_ext(Path::new(n), &["safetensors"]))
             .collect();
+        // `model.safetensors` is the conventional name; other files beside it (an
+        // `allocation.safetensors`, say) are not part of the checkpoint.
+        if st_files.iter().any(|n| *n == "model.safetensors") {
+            return self.open_single(&dir.join("model.safetensors"));
+        }
         match st_files.len() {
             0 => {}
             1 => return self.open_single(&dir.join(st_files[0])),
@@ -968,15 +973,34 @@ impl Checkpoint {
         len: usize,
         buf: &mut Vec<u8>,
     ) -> Result<()> {
-        buf.clear();
-        let e = self.entry(name)?;
-        self.check_range(e, start, len)?;
+        let e = match self.entry(name) {
+            Ok(e) => e,
+            Err(err) => {
+                buf.clear();
+                return Err(err);
+            }
+        };
+        if let Err(err) = self.check_range(e, start, len) {
+            buf.clear();
+            return Err(err);
+        }
         match e.loc {
             Loc::St { .. } => {
-                buf.resize(len, 0);
-                self.read_st(e, start, buf)
+                // Every byte is overwritten by the read, so only bytes beyond the buffer's
+                // current length need initialising: a reused buffer costs no memset.
+                if buf.len() >= len {
+                    buf.truncate(len);
+                } else {
+                    buf.resize(len, 0);
+                }
+                let r = self.read_st(e, start, buf);
+                if r.is_err() {
+                    buf.clear();
+                }
+                r
             }
             Loc::Pt { .. } => {
+                buf.clear();
                 let bytes = self.pt_bytes(e)?;
                 buf.extend_from_slice(&bytes[start..start + len]);
                 Ok(())
@@ -1235,7 +1259,7 @@ mod tests {
         let ck = Checkpoint::open(&path).unwrap();
         assert_eq!(ck.path(), path);
         assert_eq!(ck.folder(), None);
-        assert_eq!(ck.files(), &[path.clone()]);
+        assert_eq!(ck.files(), std::slice::from_ref(&path));
         assert_eq!(ck.format(), Format::Safetensors);
         let names: Vec<_> = ck.tensors().iter().map(|t| t.name.clone()).collect();
         assert_eq!(names, ["a.bounds", "a.kv_weight", "empty", "scalar", "z.w"]);
@@ -1265,6 +1289,11 @@ mod tests {
         let e = ck.read_range("z.w", 40, 9, &mut buf).unwrap_err();
         assert_eq!(e.exit_code(), 2);
         assert!(e.to_string().contains("beyond"), "{e}");
+        assert!(buf.is_empty(), "a failed read leaves the buffer empty");
+        // A reused, longer buffer holds exactly the range afterwards.
+        let mut buf = vec![0xEE; 100];
+        ck.read_range("z.w", 4, 8, &mut buf).unwrap();
+        assert_eq!(buf, &w[4..12]);
         assert!(ck.read_range("nope", 0, 0, &mut buf).is_err());
         assert!(ck.read_range("z.w", usize::MAX, 2, &mut buf).is_err());
     }
@@ -1424,7 +1453,7 @@ mod tests {
         let path = pt_fixture("tiny_state_dict.pt");
         let ck = Checkpoint::open(&path).unwrap();
         assert_eq!(ck.format(), Format::PyTorch);
-        assert_eq!(ck.files(), &[path.clone()]);
+        assert_eq!(ck.files(), std::slice::from_ref(&path));
         let names: Vec<_> = ck.names().collect();
         assert_eq!(names, ["a.weight", "b.bounds", "b.kv_weight"]);
 

@@ -43,6 +43,34 @@ pub fn decode_f32(dtype: Dtype, bytes: &[u8], out: &mut Vec<f32>) {
     }
 }
 
+/// Decode little-endian floats of `dtype` into `dst`, which holds exactly as many values.
+/// The slice form lets the compiler vectorise the conversion (a shift for bf16).
+pub fn decode_into(dtype: Dtype, bytes: &[u8], dst: &mut [f32]) {
+    match dtype {
+        Dtype::F32 => {
+            for (d, c) in dst.iter_mut().zip(bytes.chunks_exact(4)) {
+                *d = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+            }
+        }
+        Dtype::BF16 => {
+            for (d, c) in dst.iter_mut().zip(bytes.chunks_exact(2)) {
+                *d = f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16);
+            }
+        }
+        Dtype::F16 => {
+            for (d, c) in dst.iter_mut().zip(bytes.chunks_exact(2)) {
+                *d = half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32();
+            }
+        }
+        Dtype::F64 => {
+            for (d, c) in dst.iter_mut().zip(bytes.chunks_exact(8)) {
+                *d = f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32;
+            }
+        }
+        other => unreachable!("decode_into called with non-float dtype {other:?}"),
+    }
+}
+
 /// Encode floats as `dtype` (F32, BF16 or F16), appended to `out`.
 pub fn encode_f32(dtype: Dtype, values: &[f32], out: &mut Vec<u8>) {
     match dtype {
@@ -132,6 +160,13 @@ pub fn dequantise_int8(q: &[u8], scale: f32, out: &mut Vec<f32>) {
     out.extend(q.iter().map(|&b| (b as i8) as f32 * scale));
 }
 
+/// Dequantise int8 values with one scale into `dst`.
+pub fn dequantise_into(q: &[u8], scale: f32, dst: &mut [f32]) {
+    for (d, &b) in dst.iter_mut().zip(q) {
+        *d = (b as i8) as f32 * scale;
+    }
+}
+
 /// Running error statistics of a lossy conversion.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize, PartialEq)]
 pub struct ErrorStats {
@@ -182,6 +217,20 @@ mod tests {
         let mut bytes = Vec::new();
         encode_f32(Dtype::BF16, &[1.0 + 1.0 / 256.0], &mut bytes);
         assert_eq!(u16::from_le_bytes([bytes[0], bytes[1]]), 0x3f80);
+    }
+
+    #[test]
+    fn decode_into_matches_decode() {
+        let vals = [1.5f32, -2.25, 3.0e-5, 65504.0];
+        for dtype in [Dtype::F32, Dtype::BF16, Dtype::F16] {
+            let mut bytes = Vec::new();
+            encode_f32(dtype, &vals, &mut bytes);
+            let mut a = Vec::new();
+            decode_f32(dtype, &bytes, &mut a);
+            let mut b = vec![0f32; vals.len()];
+            decode_into(dtype, &bytes, &mut b);
+            assert_eq!(a, b, "{dtype:?}");
+        }
     }
 
     #[test]

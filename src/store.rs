@@ -38,8 +38,16 @@ pub trait TableSource: Send + Sync {
     fn vocab(&self) -> usize;
     fn row_width(&self) -> usize;
     fn bounds(&self) -> &[i64];
-    /// Gather the rows of `tokens` (distinct ids, any order) as f32.
-    fn gather(&self, tokens: &[u32]) -> Result<Blocks>;
+    /// Gather the rows of `tokens` (distinct ids, any order) as f32 into `blocks`, reusing
+    /// its buffer (a serving loop keeps one staging buffer and never reallocates it).
+    fn gather_into(&self, tokens: &[u32], blocks: &mut Blocks) -> Result<()>;
+
+    /// Gather into a fresh buffer.
+    fn gather(&self, tokens: &[u32]) -> Result<Blocks> {
+        let mut blocks = Blocks::default();
+        self.gather_into(tokens, &mut blocks)?;
+        Ok(blocks)
+    }
 }
 
 /// Check token ids against a vocabulary, naming the first bad one.
@@ -65,20 +73,20 @@ fn per_token_slices<'a>(rows: &'a mut [f32], starts: &[usize], width: usize) -> 
     out
 }
 
-fn staging(tokens: &[u32], bounds: &[i64], width: usize) -> Blocks {
-    let mut starts = Vec::with_capacity(tokens.len() + 1);
+/// Lay out `blocks` for `tokens`, reusing its allocations; every row is overwritten by the
+/// gather, so the buffer is only grown, never cleared.
+fn staging(blocks: &mut Blocks, tokens: &[u32], bounds: &[i64], width: usize) {
+    blocks.tokens.clear();
+    blocks.tokens.extend_from_slice(tokens);
+    blocks.starts.clear();
+    blocks.starts.push(0);
     let mut total = 0usize;
-    starts.push(0);
     for &t in tokens {
         total += (bounds[t as usize + 1] - bounds[t as usize]) as usize;
-        starts.push(total);
+        blocks.starts.push(total);
     }
-    Blocks {
-        tokens: tokens.to_vec(),
-        starts,
-        rows: vec![0f32; total * width],
-        row_width: width,
-    }
+    blocks.rows.resize(total * width, 0.0);
+    blocks.row_width = width;
 }
 
 /// One part file of a packed layer, memory-mapped.
@@ -162,9 +170,7 @@ impl PackedStore {
     }
 
     fn part_of(&self, token: u32) -> &MappedPart {
-        let i = self
-            .parts
-            .partition_point(|p| p.token_end <= token as u64);
+        let i = self.parts.partition_point(|p| p.token_end <= token as u64);
         &self.parts[i]
     }
 
@@ -187,8 +193,10 @@ impl PackedStore {
         check_tokens(tokens, self.vocab())?;
         let ranges: Vec<&[u8]> = tokens.iter().map(|&t| self.token_bytes(t)).collect();
         let total: usize = ranges.iter().map(|r| r.len()).sum();
-        out.clear();
-        out.resize(total, 0);
+        if out.len() != total {
+            out.clear();
+            out.resize(total, 0);
+        }
         let mut slices = Vec::with_capacity(ranges.len());
         let mut rest = out.as_mut_slice();
         for r in &ranges {
@@ -245,33 +253,35 @@ impl TableSource for PackedStore {
         &self.bounds
     }
 
-    fn gather(&self, tokens: &[u32]) -> Result<Blocks> {
+    fn gather_into(&self, tokens: &[u32], blocks: &mut Blocks) -> Result<()> {
         check_tokens(tokens, self.vocab())?;
-        let mut blocks = staging(tokens, &self.bounds, self.row_width);
+        staging(blocks, tokens, &self.bounds, self.row_width);
         let width = self.row_width;
         let slices = per_token_slices(&mut blocks.rows, &blocks.starts, width);
         slices
             .into_par_iter()
             .zip(tokens.par_iter())
             .for_each(|(dst, &t)| self.fill(t, dst));
-        Ok(blocks)
+        Ok(())
     }
 }
 
 impl PackedStore {
     fn fill(&self, token: u32, dst: &mut [f32]) {
         let bytes = self.token_bytes(token);
-        let mut out = Vec::with_capacity(dst.len());
         match self.dtype {
-            TableDtype::F32 => convert::decode_f32(Dtype::F32, bytes, &mut out),
-            TableDtype::Bf16 => convert::decode_f32(Dtype::BF16, bytes, &mut out),
-            TableDtype::F16 => convert::decode_f32(Dtype::F16, bytes, &mut out),
+            TableDtype::F32 => convert::decode_into(Dtype::F32, bytes, dst),
+            TableDtype::Bf16 => convert::decode_into(Dtype::BF16, bytes, dst),
+            TableDtype::F16 => convert::decode_into(Dtype::F16, bytes, dst),
             TableDtype::Int8 => {
                 let part = self.part_of(token);
                 let scale_parts = if self.tied { 1 } else { 2 };
                 let at = part.scales_at.expect("int8 parts carry scales");
                 let r0 = (self.bounds[token as usize] as u64 - part.row_start) as usize;
-                for (r, row) in bytes.chunks_exact(self.row_width).enumerate() {
+                let rows = bytes
+                    .chunks_exact(self.row_width)
+                    .zip(dst.chunks_exact_mut(self.row_width));
+                for (r, (row, out)) in rows.enumerate() {
                     let s = at + (r0 + r) * scale_parts * 4;
                     let scale = |k: usize| {
                         f32::from_le_bytes(
@@ -280,14 +290,14 @@ impl PackedStore {
                                 .expect("4 bytes"),
                         )
                     };
-                    convert::dequantise_int8(&row[..self.key_width], scale(0), &mut out);
+                    let (key_out, value_out) = out.split_at_mut(self.key_width);
+                    convert::dequantise_into(&row[..self.key_width], scale(0), key_out);
                     if !self.tied {
-                        convert::dequantise_int8(&row[self.key_width..], scale(1), &mut out);
+                        convert::dequantise_into(&row[self.key_width..], scale(1), value_out);
                     }
                 }
             }
         }
-        dst.copy_from_slice(&out);
     }
 }
 
@@ -386,10 +396,10 @@ impl TableSource for SourceTables {
         &self.bounds
     }
 
-    fn gather(&self, tokens: &[u32]) -> Result<Blocks> {
+    fn gather_into(&self, tokens: &[u32], blocks: &mut Blocks) -> Result<()> {
         check_tokens(tokens, self.vocab())?;
         let width = self.row_width();
-        let mut blocks = staging(tokens, &self.bounds, width);
+        staging(blocks, tokens, &self.bounds, width);
         let size = convert::float_size(self.dtype).expect("tables are floats");
         let slices = per_token_slices(&mut blocks.rows, &blocks.starts, width);
         slices
@@ -400,10 +410,20 @@ impl TableSource for SourceTables {
                 let n = self.bounds[t as usize + 1] as usize - r0;
                 let (mut kb, mut vb) = (Vec::new(), Vec::new());
                 let (mut kf, mut vf) = (Vec::new(), Vec::new());
-                self.read(false, r0 * self.key_width * size, n * self.key_width * size, &mut kb)?;
+                self.read(
+                    false,
+                    r0 * self.key_width * size,
+                    n * self.key_width * size,
+                    &mut kb,
+                )?;
                 convert::decode_f32(self.dtype, &kb, &mut kf);
                 if self.value_width > 0 {
-                    self.read(true, r0 * self.value_width * size, n * self.value_width * size, &mut vb)?;
+                    self.read(
+                        true,
+                        r0 * self.value_width * size,
+                        n * self.value_width * size,
+                        &mut vb,
+                    )?;
                     convert::decode_f32(self.dtype, &vb, &mut vf);
                 }
                 for r in 0..n {
@@ -415,7 +435,7 @@ impl TableSource for SourceTables {
                 }
                 Ok(())
             })?;
-        Ok(blocks)
+        Ok(())
     }
 }
 

@@ -155,11 +155,16 @@ impl L3Layer {
         let q = rms_norm(&x, self.norm_in.as_ref(), cfg.semantics.norm_eps).map_err(ce)?;
         let a = match backend {
             Backend::Kernels => {
-                let q_host = q.flatten_all().and_then(|t| t.to_vec1::<f32>()).map_err(ce)?;
+                let q_host = q
+                    .flatten_all()
+                    .and_then(|t| t.to_vec1::<f32>())
+                    .map_err(ce)?;
                 let a = attend_kernels(cfg, &q_host, &groups, &blocks);
                 Tensor::from_vec(a, (token_ids.len(), cfg.d_emb), &self.device).map_err(ce)?
             }
-            Backend::Candle => attend_candle(cfg, &q, &groups, &blocks, &self.device).map_err(ce)?,
+            Backend::Candle => {
+                attend_candle(cfg, &q, &groups, &blocks, &self.device).map_err(ce)?
+            }
         };
         self.project(&x, &a).map_err(ce)
     }
@@ -279,7 +284,8 @@ fn attend_kernels(cfg: &L3Config, q: &[f32], groups: &Groups, blocks: &Blocks) -
                 let mut k = Vec::with_capacity(rows * d_in);
                 for r in 0..rows {
                     let row = &block[r * width..r * width + d_in];
-                    let inv = 1.0 / (row.iter().map(|v| v * v).sum::<f32>() / d_in as f32 + eps).sqrt();
+                    let inv =
+                        1.0 / (row.iter().map(|v| v * v).sum::<f32>() / d_in as f32 + eps).sqrt();
                     k.extend(row.iter().map(|v| v * inv));
                 }
                 k
@@ -321,7 +327,11 @@ fn attend_kernels(cfg: &L3Config, q: &[f32], groups: &Groups, blocks: &Blocks) -
             for r in 0..rows {
                 let v = value(r);
                 for j in 0..count {
-                    axpy(scores[j * rows + r], v, &mut out[j * d_emb..(j + 1) * d_emb]);
+                    axpy(
+                        scores[j * rows + r],
+                        v,
+                        &mut out[j * d_emb..(j + 1) * d_emb],
+                    );
                 }
             }
         });

@@ -251,7 +251,13 @@ impl Inputs {
 
     /// Seeded random hidden states of unit RMS scale, with token ids drawn from a profile's
     /// unigram distribution (or uniformly).
-    pub fn random(n: usize, d_in: usize, vocab: usize, profile: Option<&Profile>, seed: u64) -> Result<Inputs> {
+    pub fn random(
+        n: usize,
+        d_in: usize,
+        vocab: usize,
+        profile: Option<&Profile>,
+        seed: u64,
+    ) -> Result<Inputs> {
         let mut rng = SplitMix(seed);
         let token_ids: Vec<u32> = match profile {
             Some(p) => {
@@ -283,7 +289,11 @@ impl Inputs {
             per_layer: BTreeMap::new(),
             description: format!(
                 "random (seed {seed}, tokens {})",
-                if profile.is_some() { "from the profile" } else { "uniform" }
+                if profile.is_some() {
+                    "from the profile"
+                } else {
+                    "uniform"
+                }
             ),
         })
     }
@@ -335,8 +345,8 @@ impl SplitMix {
 fn run_layer(layer: &LoadedLayer, inputs: &Inputs, device: &Device) -> Result<Vec<f32>> {
     let (hidden, width) = inputs.hidden_for(layer)?;
     let n = inputs.token_ids.len();
-    let x = Tensor::from_slice(hidden, (n, width), device)
-        .map_err(|e| Error::Other(e.to_string()))?;
+    let x =
+        Tensor::from_slice(hidden, (n, width), device).map_err(|e| Error::Other(e.to_string()))?;
     let y = layer
         .layer
         .forward(&x, &inputs.token_ids, layer.tables.as_ref())?;
@@ -469,13 +479,22 @@ pub fn compare(reference: &[f32], other: &[f32], width: usize) -> (f64, f64, f64
         oth2 += b * b;
         dot += a * b;
     }
-    let rel = if ref2 > 0.0 { (err2 / ref2).sqrt() } else { err2.sqrt() };
+    let rel = if ref2 > 0.0 {
+        (err2 / ref2).sqrt()
+    } else {
+        err2.sqrt()
+    };
     let cos = if ref2 > 0.0 && oth2 > 0.0 {
         dot / (ref2.sqrt() * oth2.sqrt())
     } else {
         1.0
     };
-    (max_abs, if rel.is_nan() { f64::INFINITY } else { rel }, cos, worst.0)
+    (
+        max_abs,
+        if rel.is_nan() { f64::INFINITY } else { rel },
+        cos,
+        worst.0,
+    )
 }
 
 /// `l3kit verify`.
@@ -590,14 +609,21 @@ fn belong_together(source: &LoadedModel, packed: &LoadedModel, opts: &VerifyOpti
             return Err(mismatch(format!("layer {}: lambda differs", s.name)));
         }
         if s.tables.bounds() != p.tables.bounds() {
-            return Err(mismatch(format!("layer {}: the allocations differ", s.name)));
+            return Err(mismatch(format!(
+                "layer {}: the allocations differ",
+                s.name
+            )));
         }
     }
     Ok(())
 }
 
 /// Write inputs for `forward` (used by tests and docs examples).
-pub fn write_inputs(path: &Path, token_ids: &[u32], hidden: &[(String, Vec<f32>, usize)]) -> Result<()> {
+pub fn write_inputs(
+    path: &Path,
+    token_ids: &[u32],
+    hidden: &[(String, Vec<f32>, usize)],
+) -> Result<()> {
     let ids: Vec<i64> = token_ids.iter().map(|&t| t as i64).collect();
     let mut tensors = vec![TensorBytes::i64s("token_ids", &ids)];
     for (name, values, width) in hidden {
@@ -605,7 +631,11 @@ pub fn write_inputs(path: &Path, token_ids: &[u32], hidden: &[(String, Vec<f32>,
             name: name.clone(),
             dtype: Dtype::F32,
             shape: vec![token_ids.len(), *width],
-            data: values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>().into(),
+            data: values
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect::<Vec<u8>>()
+                .into(),
         });
     }
     st::write_file(path, &tensors, &BTreeMap::new(), 8)

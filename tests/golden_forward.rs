@@ -23,7 +23,10 @@ fn source(dialect: &str) -> (PathBuf, SourceOptions) {
                 ..Default::default()
             },
         ),
-        _ => (root.join("nanochat/model.safetensors"), SourceOptions::default()),
+        _ => (
+            root.join("nanochat/model.safetensors"),
+            SourceOptions::default(),
+        ),
     }
 }
 

@@ -54,7 +54,12 @@ fn forward_on_captured_states_matches_pytorch() {
 #[test]
 fn every_dtype_packs_and_verifies_on_captured_states() {
     let dir = tempfile::tempdir().unwrap();
-    for dtype in [TableDtype::F32, TableDtype::Bf16, TableDtype::F16, TableDtype::Int8] {
+    for dtype in [
+        TableDtype::F32,
+        TableDtype::Bf16,
+        TableDtype::F16,
+        TableDtype::Int8,
+    ] {
         let out = dir.path().join(dtype.name());
         let mut o = PackOptions::new(trained(), out.clone());
         o.allocation = Some(trained().join("allocation.safetensors"));
@@ -76,7 +81,13 @@ fn every_dtype_packs_and_verifies_on_captured_states() {
         )
         .unwrap();
         for l in &report.layers {
-            eprintln!("{:>5} {}: relative L2 {:.3e} cosine {:.6}", dtype.name(), l.name, l.relative_l2_error, l.cosine_similarity);
+            eprintln!(
+                "{:>5} {}: relative L2 {:.3e} cosine {:.6}",
+                dtype.name(),
+                l.name,
+                l.relative_l2_error,
+                l.cosine_similarity
+            );
         }
         assert!(report.passed, "{dtype:?}: {:?}", report.layers);
     }

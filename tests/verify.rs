@@ -75,13 +75,19 @@ fn run(model: &verify::LoadedModel, inputs: &Inputs, backend: Backend) -> Vec<Ve
 
 #[test]
 fn packed_lossless_forward_equals_source_bit_for_bit() {
-    for (dialect, dtype) in [(Dialect::Paper, TableDtype::Bf16), (Dialect::Nanochat, TableDtype::F32)] {
+    for (dialect, dtype) in [
+        (Dialect::Paper, TableDtype::Bf16),
+        (Dialect::Nanochat, TableDtype::F32),
+    ] {
         let f = fixture(dialect, dtype);
         let p = packed(&f, None, "packed");
         let src = verify::load_source(&f.src, &source_opts(&f), &Device::Cpu).unwrap();
         let pk = verify::load_packed(&p, &Device::Cpu).unwrap();
         let inputs = Inputs::random(300, 16, 64, None, 3).unwrap();
-        assert_eq!(run(&src, &inputs, Backend::Kernels), run(&pk, &inputs, Backend::Kernels));
+        assert_eq!(
+            run(&src, &inputs, Backend::Kernels),
+            run(&pk, &inputs, Backend::Kernels)
+        );
     }
 }
 
@@ -111,7 +117,10 @@ fn naive_layer(
 ) -> Vec<f64> {
     let rms = |v: &[f64], w: &[f32]| -> Vec<f64> {
         let ms = v.iter().map(|a| a * a).sum::<f64>() / v.len() as f64;
-        v.iter().zip(w).map(|(a, w)| a / (ms + 1e-6).sqrt() * *w as f64).collect()
+        v.iter()
+            .zip(w)
+            .map(|(a, w)| a / (ms + 1e-6).sqrt() * *w as f64)
+            .collect()
     };
     let xd: Vec<f64> = x.iter().map(|&v| v as f64).collect();
     let q = rms(&xd, norm_in);
@@ -137,7 +146,11 @@ fn naive_layer(
     let u = rms(&u, norm_out);
     let cat: Vec<f64> = u.iter().chain(xd.iter()).cloned().collect();
     (0..d_in)
-        .map(|i| (0..d_up + d_in).map(|j| w_mix[i * (d_up + d_in) + j] as f64 * cat[j]).sum())
+        .map(|i| {
+            (0..d_up + d_in)
+                .map(|j| w_mix[i * (d_up + d_in) + j] as f64 * cat[j])
+                .sum()
+        })
         .collect()
 }
 
@@ -157,8 +170,14 @@ fn forward_matches_a_naive_per_position_implementation() {
     let ours = run(&src, &inputs, Backend::Kernels);
     let layer = &src.layers[0];
     let p = &layer.name;
-    let (w_up, w_mix) = (read(&format!("{p}.w_up.weight")), read(&format!("{p}.w_mix.weight")));
-    let (n_in, n_out) = (read(&format!("{p}.norm_in.weight")), read(&format!("{p}.norm_out.weight")));
+    let (w_up, w_mix) = (
+        read(&format!("{p}.w_up.weight")),
+        read(&format!("{p}.w_mix.weight")),
+    );
+    let (n_in, n_out) = (
+        read(&format!("{p}.norm_in.weight")),
+        read(&format!("{p}.norm_out.weight")),
+    );
     let (h, _) = inputs.hidden_for(layer).unwrap();
     for (pos, &t) in inputs.token_ids.iter().enumerate() {
         let want = naive_layer(
@@ -173,7 +192,10 @@ fn forward_matches_a_naive_per_position_implementation() {
         );
         for (i, w) in want.iter().enumerate() {
             let got = ours[0][pos * 16 + i] as f64;
-            assert!((got - w).abs() <= 1e-4 * (1.0 + w.abs()), "pos {pos} dim {i}: {got} vs {w}");
+            assert!(
+                (got - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                "pos {pos} dim {i}: {got} vs {w}"
+            );
         }
     }
 }
@@ -189,9 +211,15 @@ fn prefetch_and_raw_gather_serve_the_packed_bytes() {
     assert_eq!(fetched, store.gather(&tokens).unwrap());
     let mut raw = Vec::new();
     store.gather_raw(&tokens, &mut raw).unwrap();
-    let expected: Vec<u8> = tokens.iter().flat_map(|&t| store.token_bytes(t).to_vec()).collect();
+    let expected: Vec<u8> = tokens
+        .iter()
+        .flat_map(|&t| store.token_bytes(t).to_vec())
+        .collect();
     assert_eq!(raw, expected);
-    assert!(store.gather(&[64]).is_err(), "token id at the vocabulary size");
+    assert!(
+        store.gather(&[64]).is_err(),
+        "token id at the vocabulary size"
+    );
 }
 
 fn verify_cmd(f: &Fixture, packed: &Path, extra: &[&str]) -> std::process::Output {
@@ -210,10 +238,19 @@ fn verify_cmd(f: &Fixture, packed: &Path, extra: &[&str]) -> std::process::Outpu
 #[test]
 fn verify_passes_for_every_dtype_and_fails_past_the_tolerance() {
     let f = fixture(Dialect::Paper, TableDtype::F32);
-    for dtype in [TableDtype::F32, TableDtype::Bf16, TableDtype::F16, TableDtype::Int8] {
+    for dtype in [
+        TableDtype::F32,
+        TableDtype::Bf16,
+        TableDtype::F16,
+        TableDtype::Int8,
+    ] {
         let p = packed(&f, Some(dtype), &format!("p-{}", dtype.name()));
         let o = verify_cmd(&f, &p, &[]);
-        assert!(o.status.success(), "{dtype:?}: {}", String::from_utf8_lossy(&o.stdout));
+        assert!(
+            o.status.success(),
+            "{dtype:?}: {}",
+            String::from_utf8_lossy(&o.stdout)
+        );
         let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         assert_eq!(r["passed"], true);
         let rel = r["layers"][0]["relative_l2_error"].as_f64().unwrap();
@@ -257,13 +294,26 @@ fn verify_refuses_mismatched_or_corrupted_inputs() {
 
     // Captured inputs with an out-of-range token id, and with the wrong width.
     let bad_ids = f.root.join("bad-ids.safetensors");
-    verify::write_inputs(&bad_ids, &[1, 2, 64], &[("hidden".into(), vec![0.5; 48], 16)]).unwrap();
+    verify::write_inputs(
+        &bad_ids,
+        &[1, 2, 64],
+        &[("hidden".into(), vec![0.5; 48], 16)],
+    )
+    .unwrap();
     let out = verify_cmd(&f, &p, &["--inputs", bad_ids.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("token id 64") && err.contains("bad-ids.safetensors"), "{err}");
+    assert!(
+        err.contains("token id 64") && err.contains("bad-ids.safetensors"),
+        "{err}"
+    );
     let bad_width = f.root.join("bad-width.safetensors");
-    verify::write_inputs(&bad_width, &[1, 2, 3], &[("hidden".into(), vec![0.5; 15], 5)]).unwrap();
+    verify::write_inputs(
+        &bad_width,
+        &[1, 2, 3],
+        &[("hidden".into(), vec![0.5; 15], 5)],
+    )
+    .unwrap();
     let out = verify_cmd(&f, &p, &["--inputs", bad_width.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("width 5"));
@@ -288,17 +338,28 @@ fn forward_command_writes_outputs_per_layer() {
     let p = packed(&f, None, "packed");
     let inputs = f.root.join("in.safetensors");
     let ids: Vec<u32> = (0..50).map(|i| (i * 7 % 64) as u32).collect();
-    let h1: Vec<f32> = (0..50 * 16).map(|i| ((i % 13) as f32 - 6.0) / 6.0).collect();
+    let h1: Vec<f32> = (0..50 * 16)
+        .map(|i| ((i % 13) as f32 - 6.0) / 6.0)
+        .collect();
     let h3: Vec<f32> = h1.iter().map(|v| -v).collect();
     verify::write_inputs(
         &inputs,
         &ids,
-        &[("hidden.l3_layers.1".into(), h1, 16), ("hidden.3".into(), h3, 16)],
+        &[
+            ("hidden.l3_layers.1".into(), h1, 16),
+            ("hidden.3".into(), h3, 16),
+        ],
     )
     .unwrap();
     let out = f.root.join("out.safetensors");
     let o = bin()
-        .args(["forward", "--model", p.to_str().unwrap(), "--inputs", inputs.to_str().unwrap()])
+        .args([
+            "forward",
+            "--model",
+            p.to_str().unwrap(),
+            "--inputs",
+            inputs.to_str().unwrap(),
+        ])
         .args(["--out", out.to_str().unwrap()])
         .output()
         .unwrap();
@@ -306,7 +367,13 @@ fn forward_command_writes_outputs_per_layer() {
     // The same through the source checkpoint gives the same bytes (lossless pack).
     let out_src = f.root.join("out-src.safetensors");
     let o = bin()
-        .args(["forward", "--model", f.src.to_str().unwrap(), "--inputs", inputs.to_str().unwrap()])
+        .args([
+            "forward",
+            "--model",
+            f.src.to_str().unwrap(),
+            "--inputs",
+            inputs.to_str().unwrap(),
+        ])
         .args(["--out", out_src.to_str().unwrap()])
         .output()
         .unwrap();

@@ -341,7 +341,7 @@ impl SourceTables {
         let is_pt = ckpt
             .files()
             .iter()
-            .any(|f| !f.extension().is_some_and(|e| e == "safetensors"));
+            .any(|f| f.extension().is_none_or(|e| e != "safetensors"));
         let source = if is_pt {
             TableBytes::Memory(
                 ckpt.read_all(keys)?,

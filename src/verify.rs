@@ -447,11 +447,12 @@ pub struct VerifyReport {
 /// same code); lossy dtypes get bounds a little above what their rounding produces on
 /// unit-scale activations.
 pub fn tolerance(packed: TableDtype, source: Option<Dtype>) -> f64 {
-    let exact = match (packed, source) {
-        (TableDtype::F32, _) => true,
-        (TableDtype::Bf16, Some(Dtype::BF16)) | (TableDtype::F16, Some(Dtype::F16)) => true,
-        _ => false,
-    };
+    let exact = matches!(
+        (packed, source),
+        (TableDtype::F32, _)
+            | (TableDtype::Bf16, Some(Dtype::BF16))
+            | (TableDtype::F16, Some(Dtype::F16))
+    );
     if exact {
         return 1e-6;
     }

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 fn naive_counts(seqs: &[Vec<u32>], vocab: u32) -> Vec<(Vec<u32>, u64)> {
     let mut counts: HashMap<Vec<u32>, u64> = HashMap::new();
     let mut order: Vec<Vec<u32>> = Vec::new();
-    let mut assign =
+    let assign =
         |counts: &mut HashMap<Vec<u32>, u64>, order: &mut Vec<Vec<u32>>, k: &[u32], v: u64| {
             if counts.insert(k.to_vec(), v).is_none() {
                 order.push(k.to_vec());
@@ -51,7 +51,7 @@ fn naive_counts(seqs: &[Vec<u32>], vocab: u32) -> Vec<(Vec<u32>, u64)> {
 
 fn naive_allocation(seqs: &[Vec<u32>], vocab: u32, n_emb: u64, k_max: u32) -> (Vec<u32>, u64) {
     let mut ranked = naive_counts(seqs, vocab);
-    ranked.sort_by(|a, b| b.1.cmp(&a.1)); // stable: ties keep insertion order
+    ranked.sort_by_key(|c| std::cmp::Reverse(c.1)); // stable: ties keep insertion order
     let mut alloc = vec![1u32; vocab as usize];
     let mut total = vocab as u64;
     for (codeword, _) in &ranked {

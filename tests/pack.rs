@@ -401,8 +401,7 @@ fn missing_tensors_and_shape_mismatches_are_refused() {
     write_ckpt(&p, t);
     pack_fails(&p, &[], "missing tensor l3_layers.0.w_mix.weight");
 
-    let mut t = nanochat_layer(0, &[0, 2, 3, 5], 5);
-    write_ckpt(&p, t.drain(..).collect());
+    write_ckpt(&p, nanochat_layer(0, &[0, 2, 3, 5], 5));
     pack_fails(&p, &[], "l3_lambdas");
 
     let mut t = nanochat_layer(0, &[0, 2, 3, 5], 5);

@@ -105,6 +105,7 @@ fn kernels_and_candle_backends_agree() {
 }
 
 /// The layer computed position by position, straight from the method notes, in f64.
+#[allow(clippy::too_many_arguments)]
 fn naive_layer(
     x: &[f32],
     t: u32,

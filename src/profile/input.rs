@@ -362,7 +362,7 @@ fn read_parquet(
             let mut next_value = values.iter();
             for i in 0..records {
                 row += 1;
-                let present = max_def == 0 || (i < levels && defs[i] == max_def);
+                let present = max_def == 0 || (i < levels && defs.get(i) == Some(&max_def));
                 if !present {
                     return Err(Error::in_file(
                         path,

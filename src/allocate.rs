@@ -24,6 +24,8 @@ pub enum Method {
     Uniform,
     /// Rows proportional to unigram frequency, at least 1 and at most k_max each.
     Frequency,
+    /// Maximal context coverage, optionally under an E[d_t] budget (see `plan`).
+    Optimal,
 }
 
 impl Method {
@@ -32,6 +34,7 @@ impl Method {
             Method::Lzw => "lzw",
             Method::Uniform => "uniform",
             Method::Frequency => "frequency",
+            Method::Optimal => "optimal",
         }
     }
 }
@@ -213,6 +216,8 @@ pub fn allocate(profile: &Profile, opts: &AllocateOptions) -> Result<Allocation>
     let rows = match opts.method {
         Method::Uniform => uniform(vocab, opts.n_emb),
         Method::Frequency => frequency(&profile.unigram, opts.n_emb, opts.k_max),
+        // Without a cost budget; `plan::allocate_optimal` takes one.
+        Method::Optimal => crate::plan::optimal_rows(profile, opts.n_emb, opts.k_max)?,
         Method::Lzw => {
             let Walk {
                 mut rows,

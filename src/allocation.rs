@@ -101,7 +101,12 @@ impl Allocation {
     }
 
     pub fn write(&self, path: &Path) -> Result<()> {
-        let mut metadata = BTreeMap::new();
+        self.write_with_metadata(path, &[])
+    }
+
+    /// Write with extra metadata entries (e.g. the planner's budget); l3kit's own keys win.
+    pub fn write_with_metadata(&self, path: &Path, extra: &[(String, String)]) -> Result<()> {
+        let mut metadata: BTreeMap<String, String> = extra.iter().cloned().collect();
         metadata.insert("format".into(), ALLOCATION_FORMAT.into());
         metadata.insert("version".into(), ALLOCATION_VERSION.into());
         metadata.insert("method".into(), self.meta.method.clone());

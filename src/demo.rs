@@ -21,6 +21,78 @@ pub struct DemoResult {
     pub allocation_path: PathBuf,
     pub profile: ProfileSummary,
     pub allocation: AllocationReport,
+    /// The planner on the bundled data: LZW vs optimal, held-out coverage, the plots.
+    pub plan: crate::plan::sweep::PlanReport,
+    /// The bundled trained model: its allocation re-derived, packed, checked and verified.
+    pub trained: TrainedDemo,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TrainedDemo {
+    pub allocation_matches_training: bool,
+    pub pack: crate::pack::PackSummary,
+    pub check: crate::pack::inspect::CheckReport,
+    pub verify: crate::verify::VerifyReport,
+}
+
+/// Steps 3-5 on the bundled trained model (fixtures/trained): profile the corpus with the
+/// model's tokenizer and allocate as it was trained (4 rows per token, k_max 64), confirm that
+/// this reproduces the allocation it was trained with, pack it as int8 and verify the packed
+/// tables against the checkpoint on hidden states captured from the model.
+fn trained_demo(data_dir: &Path, out_dir: &Path, ui: &Ui) -> Result<TrainedDemo> {
+    let trained = data_dir.join("trained");
+    let mut opts = ProfileOptions::new(vec![data_dir.join("corpus/train.txt")]);
+    opts.tokenizer = Some(data_dir.join("tokenizer/tiny-bpe-512.json"));
+    let (profile, _) = profile::run(&opts, ui)?;
+    let alloc = allocate::allocate(
+        &profile,
+        &AllocateOptions {
+            n_emb: profile.meta.vocab_size as u64 * 4,
+            k_max: 64,
+            method: Method::Lzw,
+            fill: None,
+        },
+    )?;
+    let alloc_path = out_dir.join("trained-allocation.safetensors");
+    alloc.write(&alloc_path)?;
+    let used = crate::Allocation::read(&trained.join("allocation.safetensors"))?;
+    let allocation_matches_training = used.bounds() == alloc.bounds();
+    if !allocation_matches_training {
+        return Err(Error::Check(format!(
+            "{}: the allocation derived from the corpus differs from the one the model was trained with",
+            alloc_path.display()
+        )));
+    }
+    let packed = out_dir.join("trained-packed-int8");
+    let mut pack_opts = crate::pack::PackOptions::new(trained.clone(), packed.clone());
+    pack_opts.allocation = Some(alloc_path.clone());
+    pack_opts.dtype = Some(TableDtype::Int8);
+    pack_opts.force = true;
+    let pack = crate::pack::pack(&pack_opts, ui)?;
+    let check = crate::pack::inspect::check_packed(&packed, ui);
+    let verify = crate::verify::verify(
+        &crate::verify::VerifyOptions {
+            source: trained.clone(),
+            packed,
+            source_opts: crate::verify::SourceOptions {
+                allocation: Some(alloc_path),
+                ..Default::default()
+            },
+            inputs: Some(trained.join("inputs.safetensors")),
+            profile: None,
+            tokens: 0,
+            seed: 0,
+            device: "cpu".into(),
+            tolerance: None,
+        },
+        ui,
+    )?;
+    Ok(TrainedDemo {
+        allocation_matches_training,
+        pack,
+        check,
+        verify,
+    })
 }
 
 /// Profile the bundled corpus and allocate with the paper's method at its rows-per-token ratio
@@ -67,11 +139,15 @@ pub fn run(data_dir: &Path, out_dir: &Path, ui: &Ui) -> Result<DemoResult> {
         }),
         Some(&tok),
     );
+    let plan = crate::plan::sweep::demo(&profile, &profile_path, data_dir, out_dir, ui)?;
+    let trained = trained_demo(data_dir, out_dir, ui)?;
     Ok(DemoResult {
         out_dir: out_dir.to_path_buf(),
         profile_path,
         allocation_path,
         profile: summary,
         allocation: report,
+        plan,
+        trained,
     })
 }

@@ -17,6 +17,9 @@ pub enum Error {
     /// A check that ran to completion and found a mismatch.
     #[error("{0}")]
     Check(String),
+    /// A failure that is neither bad input nor a failed check (a compute backend error).
+    #[error("{0}")]
+    Other(String),
     /// An I/O failure while reading or writing a named file.
     #[error("{}: {source}", path.display())]
     Io {
@@ -47,7 +50,7 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Check(_) => 1,
-            Error::Input(_) | Error::Io { .. } => 2,
+            Error::Input(_) | Error::Other(_) | Error::Io { .. } => 2,
         }
     }
 }

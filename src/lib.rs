@@ -12,13 +12,18 @@ pub mod demo;
 pub mod dialect;
 pub mod error;
 pub mod fsutil;
+pub mod hub;
 pub mod layout;
 pub mod lzw;
+pub mod model;
 pub mod pack;
+pub mod plan;
 pub mod profile;
 pub mod progress;
 pub mod st;
+pub mod store;
 pub mod synth;
+pub mod verify;
 
 pub use allocation::{Allocation, AllocationMeta};
 pub use error::{Error, Result};

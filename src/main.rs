@@ -13,6 +13,8 @@ use serde::Serialize;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod cli_plan;
+
 #[derive(Parser)]
 #[command(
     name = "l3kit",
@@ -61,8 +63,80 @@ enum Command {
     Inspect(InspectArgs),
     /// Write a synthetic L3 checkpoint of any size (for benchmarks and tests).
     Synth(SynthArgs),
+    /// Check packed tables against their source with the reference forward pass.
+    #[command(after_help = "Examples:\n  \
+        l3kit verify --source ckpt/ --packed packed/\n  \
+        l3kit verify --source model.pt --allocation alloc.safetensors --packed packed/ --profile p.safetensors --tokens 4096\n  \
+        l3kit verify --source ckpt/ --packed packed/ --inputs captured.safetensors --json")]
+    Verify(VerifyArgs),
+    /// Run every L3 layer of a packed folder or checkpoint on hidden states from a file.
+    #[command(
+        after_help = "Inputs: a safetensors file with `token_ids` [N] (I64, I32 or U32) and\n\
+        `hidden` [N, d_in] or `hidden.<layer name>` per layer (floats).\n\
+        Output: a safetensors file with `output.<layer name>` [N, d_in] (F32)."
+    )]
+    Forward(ForwardArgs),
+    /// Evaluate any allocation on a held-out profile: coverage, E[d_t], bytes, starved tokens.
+    #[command(after_help = "Examples:\n  \
+        l3kit evaluate --allocation alloc.safetensors --profile heldout.safetensors\n  \
+        l3kit evaluate --allocation alloc.safetensors --profile heldout.safetensors --train-profile train.safetensors \\\n      \
+        --d-in 2048 --d-emb 1024 --dtype bf16 --tokenizer tokenizer.json")]
+    Evaluate(cli_plan::EvaluateArgs),
+    /// Sweep memory and E[d_t] budgets: coverage frontier as CSV, JSON, SVG and PNG.
+    #[command(after_help = "Examples:\n  \
+        l3kit plan --profile train.safetensors --heldout heldout.safetensors --out plan/\n  \
+        l3kit plan --profile train.safetensors --rows-per-token 2,3.9,8 --mean-rows 2,4,8,16,32 --out plan/\n\n\
+        Single allocations: l3kit allocate --method optimal --mean-rows M (or --max-bytes-per-token B).")]
+    Plan(cli_plan::PlanArgs),
     /// Run the pipeline on the bundled data (GPT-2 tokenizer, public-domain English text).
     Demo(DemoArgs),
+    /// Publish a packed folder to the Hugging Face Hub in one commit (checked first).
+    #[command(after_help = "Examples:\n  \
+        l3kit upload packed/ --repo my-org/my-l3-model --dry-run\n  \
+        HF_TOKEN=hf_... l3kit upload packed/ --repo my-org/my-l3-model --private\n  \
+        l3kit upload packed/ --repo my-org/my-l3-model --create-pr --commit-message \"int8 tables\"\n\n\
+        Token: HF_TOKEN, else $HF_TOKEN_PATH, else $HF_HOME/token (~/.cache/huggingface/token).\n\
+        Files the Hub already holds (same SHA-256 / git blob id) are not sent again.")]
+    Upload(UploadArgs),
+}
+
+#[derive(Args)]
+struct UploadArgs {
+    /// A packed model folder (must pass `inspect --check`).
+    dir: PathBuf,
+    /// The Hub repository, OWNER/NAME (created when missing).
+    #[arg(long)]
+    repo: String,
+    /// Create the repository as private.
+    #[arg(long)]
+    private: bool,
+    /// The branch to commit to (it must exist).
+    #[arg(long, default_value = "main")]
+    revision: String,
+    /// The commit's title (default: "Upload L3 model packed by l3kit").
+    #[arg(long)]
+    commit_message: Option<String>,
+    /// Open a pull request against --revision instead of committing to it.
+    #[arg(long)]
+    create_pr: bool,
+    /// The Hub's URL (default: $HF_ENDPOINT, else https://huggingface.co).
+    #[arg(long)]
+    endpoint: Option<String>,
+    /// Check the folder and print the plan (files, sizes, large files); send nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Offer the Hub Git LFS only for large files, never Xet.
+    #[arg(long)]
+    no_xet: bool,
+    /// Retries after a connection error or a 5xx answer, with exponential backoff.
+    #[arg(long, default_value_t = 5)]
+    retries: u32,
+    /// Run `verify` against this source checkpoint first (random inputs, CPU); refuse to
+    /// upload when it fails. --dialect, --map and --allocation describe the source.
+    #[arg(long)]
+    verify_with: Option<PathBuf>,
+    #[command(flatten)]
+    src: SourceArgs,
 }
 
 #[derive(Args)]
@@ -156,6 +230,50 @@ struct SynthArgs {
     out: PathBuf,
 }
 
+#[derive(Args)]
+struct VerifyArgs {
+    /// The source checkpoint (file or folder).
+    #[arg(long)]
+    source: PathBuf,
+    /// The packed folder.
+    #[arg(long)]
+    packed: PathBuf,
+    #[command(flatten)]
+    src: SourceArgs,
+    /// Captured inputs (`token_ids`, `hidden` or `hidden.<layer>`); default: random.
+    #[arg(long)]
+    inputs: Option<PathBuf>,
+    /// Draw random token ids from this profile's unigram distribution (default: uniform).
+    #[arg(long)]
+    profile: Option<PathBuf>,
+    /// Random inputs: how many tokens.
+    #[arg(long, default_value_t = 1024)]
+    tokens: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// cpu, cuda or auto (CUDA if built with it and a GPU is present, else CPU).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Relative L2 error allowed (default: by packed dtype; see docs/verify.md).
+    #[arg(long)]
+    tolerance: Option<f64>,
+}
+
+#[derive(Args)]
+struct ForwardArgs {
+    /// A packed folder or a source checkpoint.
+    #[arg(long)]
+    model: PathBuf,
+    #[command(flatten)]
+    src: SourceArgs,
+    #[arg(long)]
+    inputs: PathBuf,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[arg(long)]
+    out: PathBuf,
+}
+
 fn parse_size_arg(s: &str) -> std::result::Result<u64, String> {
     l3kit::pack::parse_size(s)
 }
@@ -217,6 +335,13 @@ struct AllocateArgs {
     k_max: u32,
     #[arg(long, value_enum, default_value = "lzw")]
     method: Method,
+    /// With --method optimal: cap the expected rows per token E[d_t] (unigram-weighted).
+    #[arg(long, conflicts_with = "max_bytes_per_token")]
+    mean_rows: Option<f64>,
+    /// With --method optimal: cap the expected bytes fetched per token per layer (e.g. 2MB;
+    /// needs --d-in, and --d-emb, --tied, --dtype to price a row).
+    #[arg(long, value_parser = parse_size_arg)]
+    max_bytes_per_token: Option<u64>,
     /// What to do when the LZW codewords run out before the budget is met.
     #[arg(long, value_enum)]
     fill: Option<FillPolicy>,
@@ -259,7 +384,12 @@ fn main() -> ExitCode {
         Command::Unpack(args) => cmd_unpack(args, &ui, cli.json),
         Command::Inspect(args) => cmd_inspect(args, &ui, cli.json),
         Command::Synth(args) => cmd_synth(args, cli.json),
+        Command::Verify(args) => cmd_verify(args, &ui, cli.json),
+        Command::Forward(args) => cmd_forward(args, cli.json),
+        Command::Evaluate(args) => cli_plan::cmd_evaluate(args, cli.json),
+        Command::Plan(args) => cli_plan::cmd_plan(args, &ui, cli.json),
         Command::Demo(args) => cmd_demo(args, &ui, cli.json),
+        Command::Upload(args) => cmd_upload(args, &ui, cli.json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -363,6 +493,10 @@ fn cmd_allocate(args: AllocateArgs, json: bool) -> Result<()> {
         }
         (None, None) => unreachable!("clap requires one of them"),
     };
+    if args.method == Method::Optimal {
+        return cli_plan::cmd_allocate_optimal(&args, &profile, n_emb, tokenizer.as_ref(), json);
+    }
+    cli_plan::budget_of(&args, None)?;
     let alloc = allocate::allocate(
         &profile,
         &AllocateOptions {
@@ -482,6 +616,48 @@ fn cmd_demo(args: DemoArgs, ui: &Ui, json: bool) -> Result<()> {
         print_profile(&result.profile);
         println!("\n== 2. allocate: {}", result.allocation_path.display());
         print_allocation(&result.allocation);
+        println!(
+            "\n== 3. plan: context coverage vs expected rows per token E[d_t] (training vs held-out)"
+        );
+        cli_plan::print_demo_plan(&result.plan);
+        let t = &result.trained;
+        println!("\n== 4. pack: the bundled trained model (fixtures/trained), int8 tables");
+        println!(
+            "  its allocation, re-derived from the corpus with its tokenizer (4 rows/token, k_max 64): {}",
+            if t.allocation_matches_training {
+                "identical to the one it was trained with"
+            } else {
+                "DIFFERS"
+            }
+        );
+        print_pack(&t.pack);
+        println!(
+            "  inspect --check: {} files re-hashed, {}",
+            t.check.files_hashed,
+            if t.check.ok() {
+                "every invariant holds".to_string()
+            } else {
+                format!("{} problems", t.check.problems.len())
+            }
+        );
+        println!(
+            "\n== 5. verify: packed against source on {}",
+            t.verify.inputs
+        );
+        for l in &t.verify.layers {
+            println!(
+                "  {} {}: relative L2 {:.2e} (tolerance {:.0e}), cosine {:.6}, max abs {:.2e}",
+                if l.passed { "ok  " } else { "FAIL" },
+                l.name,
+                l.relative_l2_error,
+                l.tolerance,
+                l.cosine_similarity,
+                l.max_abs_error
+            );
+        }
+        if !t.verify.passed {
+            return Err(Error::Check("the demo's verify step failed".into()));
+        }
     }
     Ok(())
 }
@@ -578,13 +754,6 @@ fn cmd_unpack(args: UnpackArgs, ui: &Ui, json: bool) -> Result<()> {
     Ok(())
 }
 
-fn is_packed(path: &std::path::Path) -> bool {
-    path.join(pack::INDEX_FILE).is_file()
-        && std::fs::read_to_string(path.join(pack::CONFIG_FILE))
-            .map(|c| c.contains(l3kit::layout::PACKED_FORMAT))
-            .unwrap_or(false)
-}
-
 fn cmd_inspect(args: InspectArgs, ui: &Ui, json: bool) -> Result<()> {
     if args.check {
         let report = pack::inspect::check_packed(&args.path, ui);
@@ -610,7 +779,7 @@ fn cmd_inspect(args: InspectArgs, ui: &Ui, json: bool) -> Result<()> {
         }
         return Ok(());
     }
-    if is_packed(&args.path) {
+    if l3kit::verify::is_packed(&args.path) {
         let profile = match &args.profile {
             Some(p) => Some(Profile::read(p)?),
             None => None,
@@ -727,6 +896,126 @@ fn cmd_synth(args: SynthArgs, json: bool) -> Result<()> {
             s.checkpoint.display(),
             human_bytes(s.bytes as f64),
             s.allocation.display()
+        );
+    }
+    Ok(())
+}
+
+fn cmd_upload(args: UploadArgs, ui: &Ui, json: bool) -> Result<()> {
+    let mut opts = l3kit::hub::UploadOptions::new(args.dir, args.repo);
+    opts.private = args.private;
+    opts.revision = args.revision;
+    opts.commit_message = args.commit_message;
+    opts.create_pr = args.create_pr;
+    opts.endpoint = args.endpoint;
+    opts.dry_run = args.dry_run;
+    opts.xet = !args.no_xet;
+    opts.retry.max_retries = args.retries;
+    opts.verify = args.verify_with.map(|source| l3kit::verify::VerifyOptions {
+        source,
+        packed: opts.dir.clone(),
+        source_opts: source_options(&args.src),
+        inputs: None,
+        profile: None,
+        tokens: 1024,
+        seed: 0,
+        device: "cpu".to_string(),
+        tolerance: None,
+    });
+    let summary = l3kit::hub::upload(&opts, ui)?;
+    if json {
+        print_json(&summary);
+    } else {
+        print!("{}", summary.render());
+    }
+    Ok(())
+}
+
+fn source_options(src: &SourceArgs) -> l3kit::verify::SourceOptions {
+    l3kit::verify::SourceOptions {
+        dialect: src.dialect,
+        map: src.map.clone(),
+        allocation: src.allocation.clone(),
+    }
+}
+
+fn cmd_verify(args: VerifyArgs, ui: &Ui, json: bool) -> Result<()> {
+    let report = l3kit::verify::verify(
+        &l3kit::verify::VerifyOptions {
+            source: args.source.clone(),
+            packed: args.packed.clone(),
+            source_opts: source_options(&args.src),
+            inputs: args.inputs.clone(),
+            profile: args.profile.clone(),
+            tokens: args.tokens,
+            seed: args.seed,
+            device: args.device.clone(),
+            tolerance: args.tolerance,
+        },
+        ui,
+    )?;
+    if let Some(note) = &report.device_note {
+        eprintln!("note: {note}");
+    }
+    if json {
+        print_json(&report);
+    } else {
+        println!(
+            "verify {} against {}: {} files re-hashed, {} tables, {} tokens ({}), device {}",
+            report.packed.display(),
+            report.source.display(),
+            report.files_hashed,
+            report.packed_dtype.name(),
+            report.tokens,
+            report.inputs,
+            report.device
+        );
+        for l in &report.layers {
+            println!(
+                "  {} {}: max abs {:.3e}, relative L2 {:.3e} (tolerance {:.1e}), cosine {:.7}, worst token {} at position {}",
+                if l.passed { "ok  " } else { "FAIL" },
+                l.name,
+                l.max_abs_error,
+                l.relative_l2_error,
+                l.tolerance,
+                l.cosine_similarity,
+                l.worst_token,
+                l.worst_position
+            );
+        }
+        println!("{}", if report.passed { "passed" } else { "FAILED" });
+    }
+    if report.passed {
+        Ok(())
+    } else {
+        Err(Error::Check(format!(
+            "{}: outputs differ from the source beyond the tolerance",
+            args.packed.display()
+        )))
+    }
+}
+
+fn cmd_forward(args: ForwardArgs, json: bool) -> Result<()> {
+    let (device, note) = l3kit::model::select_device(&args.device)?;
+    if let Some(note) = note {
+        eprintln!("note: {note}");
+    }
+    let s = l3kit::verify::forward_file(
+        &args.model,
+        &source_options(&args.src),
+        &args.inputs,
+        &args.out,
+        &device,
+    )?;
+    if json {
+        print_json(&s);
+    } else {
+        println!(
+            "ran {} L3 layer(s) on {} tokens ({:.3} s): wrote {}",
+            s.layers.len(),
+            s.tokens,
+            s.seconds,
+            s.out.display()
         );
     }
     Ok(())

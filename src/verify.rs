@@ -1,15 +1,14 @@
 //! Stage 4: run the reference forward pass on packed and source tables and compare them
 //! (`l3kit verify`), or run it on user inputs (`l3kit forward`).
 
-use crate::allocation::Allocation;
 use crate::checkpoint::Checkpoint;
 use crate::convert;
-use crate::dialect::{self, Dialect, MapFile};
+use crate::dialect::Dialect;
 use crate::error::{Error, Result};
 use crate::layout::{LayerParams, Residual, TableDtype};
 use crate::model::{self, L3Config, L3Layer};
 use crate::pack::inspect::{check_packed, PackedModel};
-use crate::pack::{resolve_bounds, CONFIG_FILE, INDEX_FILE};
+use crate::pack::{detect_source, resolve_bounds, CONFIG_FILE, INDEX_FILE};
 use crate::profile::Profile;
 use crate::progress::Ui;
 use crate::st::{self, MappedSafetensors, TensorBytes};
@@ -86,19 +85,12 @@ pub fn load_packed(dir: &Path, device: &Device) -> Result<LoadedModel> {
 
 pub fn load_source(path: &Path, opts: &SourceOptions, device: &Device) -> Result<LoadedModel> {
     let ckpt = Arc::new(Checkpoint::open(path)?);
-    let map = match &opts.map {
-        Some(p) => Some((p.clone(), MapFile::read(p)?)),
-        None => None,
-    };
-    let detected = dialect::detect(
+    let (detected, alloc) = detect_source(
         &ckpt,
         opts.dialect,
-        map.as_ref().map(|(p, m)| (p.as_path(), m)),
+        opts.map.as_deref(),
+        opts.allocation.as_deref(),
     )?;
-    let alloc = match &opts.allocation {
-        Some(p) => Some((p.clone(), Allocation::read(p)?)),
-        None => None,
-    };
     let bounds = resolve_bounds(&ckpt, &detected, alloc.as_ref())?;
     let mut layers = Vec::new();
     let mut source_dtype = None;
@@ -342,7 +334,8 @@ impl SplitMix {
     }
 }
 
-fn run_layer(layer: &LoadedLayer, inputs: &Inputs, device: &Device) -> Result<Vec<f32>> {
+/// Run one layer on its inputs; the output [N, d_in] flattened.
+pub fn run_layer(layer: &LoadedLayer, inputs: &Inputs, device: &Device) -> Result<Vec<f32>> {
     let (hidden, width) = inputs.hidden_for(layer)?;
     let n = inputs.token_ids.len();
     let x =
@@ -353,6 +346,24 @@ fn run_layer(layer: &LoadedLayer, inputs: &Inputs, device: &Device) -> Result<Ve
     y.flatten_all()
         .and_then(|t| t.to_vec1::<f32>())
         .map_err(|e| Error::Other(e.to_string()))
+}
+
+/// Read a float tensor of a safetensors file as f32 values (e.g. `output.<layer>`).
+pub fn read_f32(path: &Path, name: &str) -> Result<Vec<f32>> {
+    let file = MappedSafetensors::open(path)?;
+    let st = file.parse()?;
+    let view = st
+        .tensor(name)
+        .map_err(|_| Error::in_file(path, format!("missing tensor {name}")))?;
+    if convert::float_size(view.dtype()).is_none() {
+        return Err(Error::in_file(
+            path,
+            format!("{name} is not a float tensor"),
+        ));
+    }
+    let mut values = Vec::new();
+    convert::decode_f32(view.dtype(), view.data(), &mut values);
+    Ok(values)
 }
 
 #[derive(Clone, Debug, Serialize)]

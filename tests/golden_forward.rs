@@ -2,7 +2,7 @@
 //! in fixtures/golden/ hold token ids, hidden states and PyTorch's outputs of every L3 layer of
 //! the fixture checkpoints, in f32 and in bf16 (see fixtures/golden/README.md).
 
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use l3kit::layout::TableDtype;
 use l3kit::pack::{pack, PackOptions};
 use l3kit::progress::Ui;
@@ -33,28 +33,11 @@ fn source(dialect: &str) -> (PathBuf, SourceOptions) {
 /// Worst relative L2 error over the layers of `model` against the golden outputs.
 fn golden_error(model: &LoadedModel, golden: &Path) -> f64 {
     let inputs = Inputs::read(golden).unwrap();
-    let bytes = std::fs::read(golden).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let mut worst = 0f64;
     for layer in &model.layers {
-        let (h, w) = inputs.hidden_for(layer).unwrap();
-        let x = Tensor::from_slice(h, (inputs.token_ids.len(), w), &Device::Cpu).unwrap();
-        let y = layer
-            .layer
-            .forward(&x, &inputs.token_ids, layer.tables.as_ref())
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        let want: Vec<f32> = st
-            .tensor(&format!("output.{}", layer.name))
-            .unwrap()
-            .data()
-            .chunks(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-            .collect();
-        let (_, rel, cos, _) = verify::compare(&want, &y, w);
+        let y = verify::run_layer(layer, &inputs, &Device::Cpu).unwrap();
+        let want = verify::read_f32(golden, &format!("output.{}", layer.name)).unwrap();
+        let (_, rel, cos, _) = verify::compare(&want, &y, layer.layer.cfg.d_in);
         assert!(cos > 0.999, "{}: cosine {cos}", layer.name);
         worst = worst.max(rel);
     }

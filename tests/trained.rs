@@ -3,7 +3,7 @@
 //! l3kit's forward matches PyTorch's outputs on them, and packing in every table dtype
 //! verifies against the source.
 
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use l3kit::layout::TableDtype;
 use l3kit::pack::{pack, PackOptions};
 use l3kit::progress::Ui;
@@ -26,27 +26,10 @@ fn forward_on_captured_states_matches_pytorch() {
     let model = verify::load_source(&trained(), &source_opts(), &Device::Cpu).unwrap();
     let path = trained().join("inputs.safetensors");
     let inputs = Inputs::read(&path).unwrap();
-    let bytes = std::fs::read(&path).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     for layer in &model.layers {
-        let (h, w) = inputs.hidden_for(layer).unwrap();
-        let x = Tensor::from_slice(h, (inputs.token_ids.len(), w), &Device::Cpu).unwrap();
-        let y = layer
-            .layer
-            .forward(&x, &inputs.token_ids, layer.tables.as_ref())
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        let want: Vec<f32> = st
-            .tensor(&format!("output.{}", layer.name))
-            .unwrap()
-            .data()
-            .chunks(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-            .collect();
-        let (_, rel, _, _) = verify::compare(&want, &y, w);
+        let y = verify::run_layer(layer, &inputs, &Device::Cpu).unwrap();
+        let want = verify::read_f32(&path, &format!("output.{}", layer.name)).unwrap();
+        let (_, rel, _, _) = verify::compare(&want, &y, layer.layer.cfg.d_in);
         assert!(rel <= 1e-5, "{}: relative L2 error {rel:.3e}", layer.name);
     }
 }

@@ -1,11 +1,11 @@
 //! Reading packed models back: `inspect` (a summary of a packed folder or of a source
 //! checkpoint) and `inspect --check` (every hash and structural invariant).
 
-use super::{read_bounds, resolve_bounds, CONFIG_FILE, INDEX_FILE};
+use super::{detect_source, read_bounds, resolve_bounds, CONFIG_FILE, INDEX_FILE};
 use crate::allocate::expected_rows;
-use crate::allocation::{check_bounds, Allocation};
+use crate::allocation::check_bounds;
 use crate::checkpoint::Checkpoint;
-use crate::dialect::{self, Dialect, MapFile};
+use crate::dialect::Dialect;
 use crate::error::{Error, IoContext, Result};
 use crate::layout::{PackedConfig, TableDtype, DATA_ALIGNMENT, PACKED_FORMAT, PACKED_VERSION};
 use crate::profile::Profile;
@@ -138,19 +138,7 @@ pub fn inspect_source(
     allocation: Option<&Path>,
 ) -> Result<SourceReport> {
     let ckpt = Checkpoint::open(path)?;
-    let map = match map {
-        Some(p) => Some((p.to_path_buf(), MapFile::read(p)?)),
-        None => None,
-    };
-    let detected = dialect::detect(
-        &ckpt,
-        dialect_choice,
-        map.as_ref().map(|(p, m)| (p.as_path(), m)),
-    )?;
-    let alloc = match allocation {
-        Some(p) => Some((p.to_path_buf(), Allocation::read(p)?)),
-        None => None,
-    };
+    let (detected, alloc) = detect_source(&ckpt, dialect_choice, map, allocation)?;
     let has_all_bounds = detected.layers.iter().all(|l| l.bounds.is_some());
     let vocab = if alloc.is_some() || has_all_bounds {
         let bounds = resolve_bounds(&ckpt, &detected, alloc.as_ref())?;

@@ -441,24 +441,37 @@ fn split_parts(bounds: &[i64], row_bytes: u64, max_bytes: u64) -> Vec<(u64, u64)
     parts
 }
 
+/// Detect a source checkpoint's L3 layers (by dialect, or through a `--map` file) and read the
+/// allocation file when one is given.
+pub fn detect_source(
+    ckpt: &Checkpoint,
+    dialect: Option<Dialect>,
+    map: Option<&Path>,
+    allocation: Option<&Path>,
+) -> Result<(Detected, Option<(PathBuf, Allocation)>)> {
+    let map = match map {
+        Some(p) => Some((p.to_path_buf(), MapFile::read(p)?)),
+        None => None,
+    };
+    let detected = dialect::detect(ckpt, dialect, map.as_ref().map(|(p, m)| (p.as_path(), m)))?;
+    let allocation = match allocation {
+        Some(p) => Some((p.to_path_buf(), Allocation::read(p)?)),
+        None => None,
+    };
+    Ok((detected, allocation))
+}
+
 /// Pack a checkpoint.
 pub fn pack(opts: &PackOptions, ui: &Ui) -> Result<PackSummary> {
     let started = Instant::now();
     let staging = StagingDir::create(&opts.out, opts.force)?;
     let ckpt = Checkpoint::open(&opts.source)?;
-    let map = match &opts.map {
-        Some(p) => Some((p.clone(), MapFile::read(p)?)),
-        None => None,
-    };
-    let detected = dialect::detect(
+    let (detected, allocation) = detect_source(
         &ckpt,
         opts.dialect,
-        map.as_ref().map(|(p, m)| (p.as_path(), m)),
+        opts.map.as_deref(),
+        opts.allocation.as_deref(),
     )?;
-    let allocation = match &opts.allocation {
-        Some(p) => Some((p.clone(), Allocation::read(p)?)),
-        None => None,
-    };
     let bounds = resolve_bounds(&ckpt, &detected, allocation.as_ref())?;
     let vocab = (bounds[0].len() - 1) as u64;
 

@@ -37,6 +37,7 @@ usage: cargo bench --bench profile -- [lzw|cli|e2e|all]... [options]
   e2e   (b)  time l3kit::profile::run on a text file vs tokenisation alone (same tokenizer,
              same rayon pool, same 1 MiB line batches, encode_fast(line, false)), alternated
   all   all of the above (default)
+  mem   memory latency of this machine: a dependent random walk over 1 GiB (what bounds (a))
 
 options:
   --reps N         repetitions of each measurement (default 5)
@@ -48,8 +49,10 @@ options:
   --text-mb N      size of the e2e text file in MB, made by repeating --corpus (default 32)
   --corpus PATH    text to repeat (default fixtures/corpus/train.txt)
   --tokenizer PATH tokenizer.json (default fixtures/tokenizer/gpt2.json)
-  --tmp DIR        scratch folder (default /tmp/l3kit-bench)
+  --tmp DIR        scratch folder (default /tmp/l3kit-profile-bench)
   --keep           keep the scratch files
+  --thp            rerun with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (transparent huge pages
+                   for malloc; the l3kit child process of `cli` inherits it)
 ";
 
 struct Args {
@@ -65,6 +68,7 @@ struct Args {
     tokenizer: PathBuf,
     tmp: PathBuf,
     keep: bool,
+    thp: bool,
 }
 
 fn parse_args() -> Args {
@@ -80,12 +84,15 @@ fn parse_args() -> Args {
         text_mb: 32,
         corpus: root.join("fixtures/corpus/train.txt"),
         tokenizer: root.join("fixtures/tokenizer/gpt2.json"),
-        tmp: PathBuf::from("/tmp/l3kit-bench"),
+        tmp: PathBuf::from("/tmp/l3kit-profile-bench"),
         keep: false,
+        thp: false,
     };
     let mut it = std::env::args().skip(1);
     fn value<T: std::str::FromStr>(it: &mut impl Iterator<Item = String>, flag: &str) -> T {
-        let v = it.next().unwrap_or_else(|| die(&format!("{flag} needs a value")));
+        let v = it
+            .next()
+            .unwrap_or_else(|| die(&format!("{flag} needs a value")));
         v.parse()
             .unwrap_or_else(|_| die(&format!("{flag}: cannot parse {v:?}")))
     }
@@ -108,7 +115,8 @@ fn parse_args() -> Args {
             "--tokenizer" => a.tokenizer = value(&mut it, &arg),
             "--tmp" => a.tmp = value(&mut it, &arg),
             "--keep" => a.keep = true,
-            "lzw" | "cli" | "e2e" | "all" => a.modes.push(arg),
+            "--thp" => a.thp = true,
+            "lzw" | "cli" | "e2e" | "mem" | "all" => a.modes.push(arg),
             other => die(&format!("unknown argument {other:?} (try --help)")),
         }
     }
@@ -175,8 +183,66 @@ fn reset_peak_rss() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
+/// CPU time of this process so far (all threads, user + system), in seconds.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which is in parentheses): utime and stime are the 12th
+    // and 13th, in clock ticks (100 per second on Linux).
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let f: Vec<u64> = after
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    f.iter().sum::<u64>() as f64 / 100.0
+}
+
 fn fmt_opt_mib(b: Option<u64>) -> String {
     b.map(mib).unwrap_or_else(|| "n/a".into())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Memory latency
+
+/// Nanoseconds per access of a dependent random walk (each address comes from the previous
+/// load) over one cycle through all cache lines of 1 GiB: the cost of one cache miss that
+/// nothing overlaps, TLB miss included. The LZW scan pays about one of these per phrase.
+fn bench_mem(a: &Args) {
+    const BYTES: usize = 1 << 30;
+    let lines = BYTES / 64;
+    // Sattolo's shuffle: a random permutation that is a single cycle.
+    let mut order: Vec<u32> = (0..lines as u32).collect();
+    let mut rng = StdRng::seed_from_u64(a.seed);
+    for i in (1..lines).rev() {
+        let j = rng.random_range(0..i);
+        order.swap(i, j);
+    }
+    let mut next = vec![0u64; BYTES / 8];
+    for (i, &o) in order.iter().enumerate() {
+        // Line i points at line order[i]; a cycle, since order is one.
+        next[i * 8] = o as u64 * 8;
+    }
+    drop(order);
+    let steps = 20_000_000usize;
+    let mut results = Vec::new();
+    for _ in 0..a.reps {
+        let t = Instant::now();
+        let mut p = 0usize;
+        for _ in 0..steps {
+            p = next[p] as usize;
+        }
+        std::hint::black_box(p);
+        results.push(t.elapsed().as_secs_f64() * 1e9 / steps as f64);
+    }
+    let s = stats(&results);
+    println!(
+        "== memory: dependent random reads over 1 GiB: median {:.0} ns per access (min {:.0}, max {:.0}); GLIBC_TUNABLES={}",
+        s.median,
+        s.min,
+        s.max,
+        std::env::var("GLIBC_TUNABLES").unwrap_or_else(|_| "(unset)".into())
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -299,7 +365,7 @@ fn bench_cli(a: &Args, ids: &[u32]) {
     println!(
         "== (a') CLI: {cmd}\n   ({} ids, {} MiB file; reader thread + scanner thread, unigram counts, writing the profile)",
         ids.len(),
-        ids.len() * 4 >> 20
+        (ids.len() * 4) >> 20
     );
     let mut rates = Vec::new();
     let mut walls = Vec::new();
@@ -365,13 +431,14 @@ fn bench_cli(a: &Args, ids: &[u32]) {
 /// `target_bytes` (at least) of `corpus` repeated, in a scratch file.
 fn make_text(a: &Args) -> PathBuf {
     std::fs::create_dir_all(&a.tmp).unwrap_or_else(|e| die(&format!("{}: {e}", a.tmp.display())));
-    let mut text = std::fs::read(&a.corpus)
-        .unwrap_or_else(|e| die(&format!("{}: {e}", a.corpus.display())));
+    let mut text =
+        std::fs::read(&a.corpus).unwrap_or_else(|e| die(&format!("{}: {e}", a.corpus.display())));
     if !text.ends_with(b"\n") {
         text.push(b'\n');
     }
     let path = a.tmp.join(format!("corpus-{}mb.txt", a.text_mb));
-    let mut w = BufWriter::new(std::fs::File::create(&path).unwrap_or_else(|e| die(&format!("{e}"))));
+    let mut w =
+        BufWriter::new(std::fs::File::create(&path).unwrap_or_else(|e| die(&format!("{e}"))));
     let mut written = 0;
     while written < a.text_mb * 1_000_000 {
         w.write_all(&text).expect("write corpus");
@@ -442,7 +509,9 @@ fn bench_e2e(a: &Args) {
         a.tokenizer.display()
     );
     println!("   tok-only: the file pre-read into 1 MiB batches of lines (untimed), then only the");
-    println!("   tokenisation timed; profile: l3kit::profile::run (read + tokenise + LZW + unigram)");
+    println!(
+        "   tokenisation timed; profile: l3kit::profile::run (read + tokenise + LZW + unigram)"
+    );
     let mut opts = ProfileOptions::new(vec![text.clone()]);
     opts.tokenizer = Some(a.tokenizer.clone());
     let mut tok_rates = Vec::new();
@@ -450,11 +519,13 @@ fn bench_e2e(a: &Args) {
     let mut ratios = Vec::new();
     let mut prof_peaks = Vec::new();
     let mut tok_peaks = Vec::new();
+    let mut cpu_ratios = Vec::new();
     let mut tokens_seen = 0u64;
     for rep in 0..a.reps {
         let tok_only = || {
             let batches = read_batches(&text);
             reset_peak_rss();
+            let cpu = cpu_seconds();
             let t = Instant::now();
             let mut tokens = 0usize;
             for batch in &batches {
@@ -463,37 +534,46 @@ fn bench_e2e(a: &Args) {
                 std::hint::black_box((flat, offsets));
             }
             let secs = t.elapsed().as_secs_f64();
-            (tokens as u64, secs, l3kit::fsutil::peak_rss_bytes())
+            let cpu = cpu_seconds() - cpu;
+            (tokens as u64, secs, l3kit::fsutil::peak_rss_bytes(), cpu)
         };
         let prof = || {
             reset_peak_rss();
+            let cpu = cpu_seconds();
             let t = Instant::now();
             let (p, summary) = profile::run(&opts, &Ui::quiet()).expect("profile::run");
             let secs = t.elapsed().as_secs_f64();
+            let cpu = cpu_seconds() - cpu;
             let peak = l3kit::fsutil::peak_rss_bytes();
-            (p.meta.tokens, secs, peak, summary.codewords)
+            (p.meta.tokens, secs, peak, summary.codewords, cpu)
         };
         // Alternate which goes first, so drift (another process, caches) hits both alike.
-        let ((tt, ts, tp), (pt, ps, pp, codewords)) = if rep % 2 == 0 {
+        let ((tt, ts, tp, tc), (pt, ps, pp, codewords, pc)) = if rep % 2 == 0 {
             let x = tok_only();
             (x, prof())
         } else {
             let y = prof();
             (tok_only(), y)
         };
-        assert_eq!(tt, pt, "the baseline tokenised a different number of tokens");
+        assert_eq!(
+            tt, pt,
+            "the baseline tokenised a different number of tokens"
+        );
         tokens_seen = tt;
         let (tr, pr) = (tt as f64 / ts, pt as f64 / ps);
         println!(
-            "   rep {}: tok-only {:.3} s {} tok/s | profile {:.3} s {} tok/s | ratio {:.3} | profile peak RSS {} | codewords {codewords}",
+            "   rep {}: tok-only {:.3} s {} tok/s | profile {:.3} s {} tok/s | ratio {:.3} | CPU s {:.1} vs {:.1} | profile peak RSS {} | codewords {codewords}",
             rep + 1,
             ts,
             mtok(tr),
             ps,
             mtok(pr),
             pr / tr,
+            tc,
+            pc,
             fmt_opt_mib(pp)
         );
+        cpu_ratios.push(tc / pc);
         tok_rates.push(tr);
         prof_rates.push(pr);
         ratios.push(pr / tr);
@@ -524,26 +604,78 @@ fn bench_e2e(a: &Args) {
         p.median / t.median,
         if r.median >= 0.85 { "met" } else { "NOT met" }
     );
+    let c = stats(&cpu_ratios);
+    println!(
+        "   RESULT e2e: CPU time tok-only/profile median {:.3} (min {:.3}, max {:.3}): the ratio if both had the cores to themselves",
+        c.median, c.min, c.max
+    );
     if let (Some(pp), Some(tp)) = (prof_peaks.iter().max(), tok_peaks.iter().max()) {
         println!(
-            "   RESULT e2e: peak RSS profile::run {} (bench process: tokenizer loaded for the baseline too); tok-only {} (incl. the pre-read text)",
+            "   RESULT e2e: in-process peak RSS, highest rep: profile::run {}; tok-only {} (incl. the pre-read text)",
             mib(*pp),
             mib(*tp)
         );
     }
+    // The peak memory of profiling alone, in a fresh process: the in-process figures above
+    // also hold what earlier repetitions left in the allocator.
+    let out = a.tmp.join("p-text.safetensors");
+    let exe = env!("CARGO_BIN_EXE_l3kit");
+    let output = Command::new(exe)
+        .args(["--quiet", "--json", "profile", "--tokenizer"])
+        .arg(&a.tokenizer)
+        .arg(&text)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap_or_else(|e| die(&format!("{exe}: {e}")));
+    if output.status.success() {
+        let json: serde_json::Value =
+            serde_json::from_slice(&output.stdout).expect("--json prints JSON");
+        println!(
+            "   RESULT e2e: `l3kit profile --tokenizer {} {}` once, fresh process: {} tok/s, peak RSS {}",
+            a.tokenizer.display(),
+            text.display(),
+            mtok(json["tokens_per_second"].as_f64().unwrap_or(f64::NAN)),
+            fmt_opt_mib(json["peak_rss_bytes"].as_u64())
+        );
+    } else {
+        println!(
+            "   l3kit profile failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
     if !a.keep {
         let _ = std::fs::remove_file(&text);
+        let _ = std::fs::remove_file(&out);
     }
+}
+
+/// With --thp, run this benchmark again with glibc's malloc asking for transparent huge pages
+/// (glibc reads its tunables at start-up only). Huge pages cut the TLB misses of the random
+/// accesses into the LZW table; `l3kit profile` gets the same from the same variable.
+fn rerun_with_thp() -> ! {
+    let exe = std::env::current_exe().unwrap_or_else(|e| die(&format!("current_exe: {e}")));
+    let status = Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")
+        .env("L3KIT_BENCH_THP", "1")
+        .status()
+        .unwrap_or_else(|e| die(&format!("rerun: {e}")));
+    std::process::exit(status.code().unwrap_or(1));
 }
 
 fn main() {
     let a = parse_args();
+    if a.thp && std::env::var_os("L3KIT_BENCH_THP").is_none() {
+        rerun_with_thp();
+    }
     println!(
-        "l3kit profile benchmarks: modes {:?}, {} reps, {} cores (rayon threads {})",
+        "l3kit profile benchmarks: modes {:?}, {} reps, {} cores (rayon threads {}), GLIBC_TUNABLES={}",
         a.modes,
         a.reps,
         std::thread::available_parallelism().map_or(0, |n| n.get()),
-        rayon::current_num_threads()
+        rayon::current_num_threads(),
+        std::env::var("GLIBC_TUNABLES").unwrap_or_else(|_| "(unset)".into())
     );
     let needs_ids = a.modes.iter().any(|m| m == "lzw" || m == "cli");
     let ids = if needs_ids {
@@ -559,6 +691,9 @@ fn main() {
         Vec::new()
     };
     let has = |m: &str| a.modes.iter().any(|x| x == m);
+    if has("mem") {
+        bench_mem(&a);
+    }
     if has("lzw") {
         bench_lzw(&a, &ids);
     }

@@ -6,14 +6,13 @@
 //! sorting by (count descending, node id ascending) is exactly Python's
 //! `sorted(counts.items(), key=..., reverse=True)` over an insertion-ordered dict.
 //!
-//! A node is (parent, last token, count); children are found through one hash map keyed by
-//! (parent, token). The scan walks the trie while tokens stream in, so no sequence is ever
-//! sliced or hashed as a whole.
+//! A node is (parent, last token, count); children are found through one open-addressing table
+//! of (parent, token) -> child edges, placed by a hash of the child's token sequence so the walk
+//! can prefetch its path (see `ChildTable`). The scan walks the trie while tokens stream in, so
+//! no sequence is ever sliced or copied.
 
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 
 /// Parent of the single-token codewords (the trie's roots).
 pub const NO_PARENT: u32 = u32::MAX;
@@ -47,33 +46,173 @@ impl LzwVariant {
     }
 }
 
-/// A one-multiply hasher for the (parent, token) keys: the std SipHash costs more than the
-/// rest of the scan together. The folded 128-bit product mixes every key bit into both the low
-/// bits (bucket index) and the high bits (control byte) that hashbrown uses.
-#[derive(Default, Clone, Copy)]
-pub struct PairHasher(u64);
+/// How many trie levels ahead of the walk [`ChildTable::prefetch`] reads. Phrases of Zipfian
+/// text are a few tokens long, so this covers the whole walk of most phrases.
+const PREFETCH_DEPTH: usize = 3;
 
-impl Hasher for PairHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(b as u64);
-        }
-    }
-    #[inline]
-    fn write_u64(&mut self, k: u64) {
-        let m = (k ^ self.0) as u128 * 0x9E37_79B9_7F4A_7C15u128;
-        self.0 = (m as u64) ^ ((m >> 64) as u64);
-    }
+/// Count updates are queued and applied in batches of this many (see [`LzwDictionary::flush`]).
+const PENDING_MAX: usize = 256;
+/// Marks a queued count update as a reset to 1 (otherwise it adds 1).
+const RESET: u64 = 1 << 32;
+
+// The content hash of a codeword: a hash of its token sequence, built one token at a time
+// (the folded 128-bit product mixes every input bit into every output bit).
+const K1: u64 = 0x9E37_79B9_7F4A_7C15;
+const K2: u64 = 0xD6E8_FEB8_6659_FD93;
+
+#[inline(always)]
+fn fold_mul(a: u64, b: u64) -> u64 {
+    let m = a as u128 * b as u128;
+    (m as u64) ^ ((m >> 64) as u64)
 }
 
-type ChildMap = HashMap<u64, u32, BuildHasherDefault<PairHasher>>;
+/// Content hash of the single-token codeword (t).
+#[inline(always)]
+fn root_hash(t: u32) -> u64 {
+    fold_mul(t as u64 ^ K2, K1)
+}
 
-#[inline]
-fn key(parent: u32, token: u32) -> u64 {
-    ((parent as u64) << 32) | token as u64
+/// Content hash of a codeword extended by token t.
+#[inline(always)]
+fn step_hash(h: u64, t: u32) -> u64 {
+    fold_mul(h ^ t as u64, K2)
+}
+
+#[inline(always)]
+fn prefetch_read<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint; it never faults, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch(p as *const i8, std::arch::x86_64::_MM_HINT_T0);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// One trie edge: (parent, token) -> child, with the top 32 bits of the child's content hash
+/// (to move the edge when the table grows). An empty slot has parent `NO_PARENT`.
+#[derive(Clone, Copy)]
+#[repr(C, align(16))]
+struct Slot {
+    parent: u32,
+    token: u32,
+    child: u32,
+    hash: u32,
+}
+
+const EMPTY: Slot = Slot {
+    parent: NO_PARENT,
+    token: 0,
+    child: 0,
+    hash: 0,
+};
+
+/// The trie's edges in one open-addressing table (linear probing, 16-byte slots).
+///
+/// An edge's slot is chosen by the content hash of the *child's token sequence*, not by the
+/// parent's node id: the slots a phrase will visit are known from the tokens alone, before the
+/// walk reaches them, so the walk prefetches them and their cache misses overlap instead of
+/// following one another (a plain (parent, token) key makes each lookup wait for the previous
+/// one). Lookups still compare (parent, token), so a hash collision can never merge two
+/// codewords. The home slot is the hash's top bits; growing keeps that order, so rehashing
+/// streams through both tables.
+#[derive(Clone)]
+struct ChildTable {
+    slots: Vec<Slot>,
+    bits: u32,
+    len: usize,
+}
+
+impl ChildTable {
+    const MIN_BITS: u32 = 16;
+
+    fn with_capacity(edges: usize) -> Self {
+        let mut bits = Self::MIN_BITS;
+        while bits < 32 && Self::max_len(bits) < edges {
+            bits += 1;
+        }
+        ChildTable {
+            slots: vec![EMPTY; 1usize << bits],
+            bits,
+            len: 0,
+        }
+    }
+
+    /// Load factor at most 3/4.
+    fn max_len(bits: u32) -> usize {
+        (1usize << bits) / 4 * 3
+    }
+
+    #[inline(always)]
+    fn home(&self, hash32: u32) -> usize {
+        (hash32 >> (32 - self.bits)) as usize
+    }
+
+    #[inline(always)]
+    fn mask(&self) -> usize {
+        self.slots.len() - 1
+    }
+
+    #[inline(always)]
+    fn prefetch(&self, h: u64) {
+        let i = self.home((h >> 32) as u32);
+        prefetch_read(self.slots[i..].as_ptr());
+    }
+
+    /// The child of `parent` by `token` (whose content hash is `h`), or the free slot where
+    /// that edge belongs.
+    #[inline(always)]
+    fn find(&self, h: u64, parent: u32, token: u32) -> std::result::Result<u32, usize> {
+        let mask = self.mask();
+        let mut i = self.home((h >> 32) as u32);
+        loop {
+            let s = self.slots[i];
+            if s.parent == parent && s.token == token {
+                return Ok(s.child);
+            }
+            if s.parent == NO_PARENT {
+                return Err(i);
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// Put an edge into the free slot `at` that [`find`](Self::find) returned for it.
+    #[inline]
+    fn insert_at(&mut self, at: usize, h: u64, parent: u32, token: u32, child: u32) {
+        debug_assert_eq!(self.slots[at].parent, NO_PARENT);
+        self.slots[at] = Slot {
+            parent,
+            token,
+            child,
+            hash: (h >> 32) as u32,
+        };
+        self.len += 1;
+        // At 2^32 slots the table stops growing; it still always has a free slot, since there
+        // are fewer than 2^32 codewords.
+        if self.len > Self::max_len(self.bits) && self.bits < 32 {
+            self.grow();
+        }
+    }
+
+    #[cold]
+    fn grow(&mut self) {
+        let mut bigger = ChildTable {
+            slots: vec![EMPTY; self.slots.len() * 2],
+            bits: self.bits + 1,
+            len: self.len,
+        };
+        let mask = bigger.mask();
+        // Old slots in order have ascending homes, so the writes are nearly sequential.
+        for s in self.slots.iter().filter(|s| s.parent != NO_PARENT) {
+            let mut i = bigger.home(s.hash);
+            while bigger.slots[i].parent != NO_PARENT {
+                i = (i + 1) & mask;
+            }
+            bigger.slots[i] = *s;
+        }
+        *self = bigger;
+    }
 }
 
 /// The codeword dictionary with its counts, plus scan statistics.
@@ -84,9 +223,11 @@ pub struct LzwDictionary {
     parent: Vec<u32>,
     token: Vec<u32>,
     count: Vec<u64>,
-    children: ChildMap,
+    children: ChildTable,
     phrases: u64,
     phrase_tokens: u64,
+    /// Queued count updates: a codeword id, `| RESET` for a reset to 1.
+    pending: Vec<u64>,
 }
 
 /// A token id at or above the vocabulary size, found while scanning one sequence.
@@ -110,9 +251,10 @@ impl LzwDictionary {
             parent: vec![NO_PARENT; vocab as usize],
             token: (0..vocab).collect(),
             count: vec![0; vocab as usize],
-            children: ChildMap::default(),
+            children: ChildTable::with_capacity(0),
             phrases: 0,
             phrase_tokens: 0,
+            pending: Vec::new(),
         })
     }
 
@@ -147,13 +289,44 @@ impl LzwDictionary {
         self.phrase_tokens
     }
 
-    #[inline]
-    fn child(&self, parent: u32, token: u32) -> Option<u32> {
-        self.children.get(&key(parent, token)).copied()
+    /// Add 1 to a codeword's count (queued).
+    #[inline(always)]
+    fn bump(&mut self, id: u32) {
+        self.queue(id as u64);
     }
 
+    /// Reset a codeword's count to 1 (queued).
+    #[inline(always)]
+    fn reset(&mut self, id: u32) {
+        self.queue(id as u64 | RESET);
+    }
+
+    #[inline(always)]
+    fn queue(&mut self, op: u64) {
+        self.pending.push(op);
+        if self.pending.len() >= PENDING_MAX {
+            self.flush();
+        }
+    }
+
+    /// Apply the queued count updates, in order. The scan never reads a count, so queueing
+    /// changes nothing but speed: a count is a random access into a large array, and applied
+    /// one by one each would stall the walk; in a batch the misses overlap (all prefetched
+    /// first). `scan` flushes before it returns, so counts are always up to date outside it.
+    fn flush(&mut self) {
+        for &op in &self.pending {
+            prefetch_read(self.count[op as u32 as usize..].as_ptr());
+        }
+        for &op in &self.pending {
+            let c = &mut self.count[op as u32 as usize];
+            *c = if op & RESET != 0 { 1 } else { *c + 1 };
+        }
+        self.pending.clear();
+    }
+
+    /// Append codeword (parent, token) with its content hash `h` at the free slot `at`.
     #[inline]
-    fn insert(&mut self, parent: u32, token: u32, count: u64) -> Result<()> {
+    fn insert(&mut self, at: usize, h: u64, parent: u32, token: u32, count: u64) -> Result<()> {
         let id = self.count.len();
         if id >= NO_PARENT as usize {
             return Err(Error::input(
@@ -163,8 +336,21 @@ impl LzwDictionary {
         self.parent.push(parent);
         self.token.push(token);
         self.count.push(count);
-        self.children.insert(key(parent, token), id as u32);
+        self.children.insert_at(at, h, parent, token, id as u32);
         Ok(())
+    }
+
+    /// Prefetch the slots of the codewords toks[start..=k] for k in `from..to` (clamped to
+    /// the sequence), `h` being the content hash of toks[start..from]. Returns the hash of
+    /// the last prefix prefetched and the index after it.
+    #[inline(always)]
+    fn prefetch_path(&self, toks: &[u32], mut h: u64, from: usize, to: usize) -> (u64, usize) {
+        let to = to.min(toks.len());
+        for &t in toks.get(from..to).unwrap_or(&[]) {
+            h = step_hash(h, t);
+            self.children.prefetch(h);
+        }
+        (h, to.max(from))
     }
 
     /// Scan one sequence, updating the dictionary. The sequence must be checked first: a token
@@ -176,11 +362,12 @@ impl LzwDictionary {
                 token: toks[position],
             }));
         }
-        match self.variant {
+        let scanned = match self.variant {
             LzwVariant::Reference => self.scan_reference(toks),
             LzwVariant::Textbook => self.scan_textbook(toks),
-        }
-        .map_err(ScanError::Full)
+        };
+        self.flush();
+        scanned.map_err(ScanError::Full)
     }
 
     fn scan_reference(&mut self, toks: &[u32]) -> Result<()> {
@@ -193,25 +380,47 @@ impl LzwDictionary {
         let mut last = 0;
         while last + 1 < n {
             let mut node = toks[last];
+            let mut h = root_hash(node);
+            // `ahead` is the content hash of toks[last..ahead_end]: the walk keeps
+            // PREFETCH_DEPTH levels of prefetches in flight ahead of itself.
+            let (mut ahead, mut ahead_end) =
+                self.prefetch_path(toks, h, last + 1, last + 1 + PREFETCH_DEPTH);
             let mut j = last + 1;
+            let mut free = None;
             while j + 1 < n {
-                match self.child(node, toks[j]) {
-                    Some(c) => {
+                let hj = step_hash(h, toks[j]);
+                match self.children.find(hj, node, toks[j]) {
+                    Ok(c) => {
                         node = c;
+                        h = hj;
                         j += 1;
+                        (ahead, ahead_end) =
+                            self.prefetch_path(toks, ahead, ahead_end, ahead_end + 1);
                     }
-                    None => break,
+                    Err(at) => {
+                        free = Some((at, hj));
+                        break;
+                    }
                 }
             }
-            self.count[node as usize] += 1;
-            let extension = if j + 1 < n {
-                None // the loop broke on a missing child
-            } else {
-                self.child(node, toks[j])
+            self.bump(node);
+            // The loop broke on a missing child, or the scan reached the sequence's last
+            // token, whose extension is looked up here.
+            let free = match free {
+                Some(f) => Some(f),
+                None => {
+                    let hj = step_hash(h, toks[j]);
+                    match self.children.find(hj, node, toks[j]) {
+                        Ok(existing) => {
+                            self.reset(existing);
+                            None
+                        }
+                        Err(at) => Some((at, hj)),
+                    }
+                }
             };
-            match extension {
-                Some(existing) => self.count[existing as usize] = 1,
-                None => self.insert(node, toks[j], 1)?,
+            if let Some((at, hj)) = free {
+                self.insert(at, hj, node, toks[j], 1)?;
             }
             self.phrases += 1;
             self.phrase_tokens += (j + 1 - last) as u64;
@@ -225,19 +434,30 @@ impl LzwDictionary {
         let mut last = 0;
         while last < n {
             let mut node = toks[last];
+            let mut h = root_hash(node);
+            let (mut ahead, mut ahead_end) =
+                self.prefetch_path(toks, h, last + 1, last + 1 + PREFETCH_DEPTH);
             let mut j = last + 1;
+            let mut free = None;
             while j < n {
-                match self.child(node, toks[j]) {
-                    Some(c) => {
+                let hj = step_hash(h, toks[j]);
+                match self.children.find(hj, node, toks[j]) {
+                    Ok(c) => {
                         node = c;
+                        h = hj;
                         j += 1;
+                        (ahead, ahead_end) =
+                            self.prefetch_path(toks, ahead, ahead_end, ahead_end + 1);
                     }
-                    None => break,
+                    Err(at) => {
+                        free = Some((at, hj));
+                        break;
+                    }
                 }
             }
-            self.count[node as usize] += 1;
-            if j < n {
-                self.insert(node, toks[j], 0)?;
+            self.bump(node);
+            if let Some((at, hj)) = free {
+                self.insert(at, hj, node, toks[j], 0)?;
             }
             self.phrases += 1;
             self.phrase_tokens += (j - last) as u64;
@@ -268,8 +488,10 @@ impl LzwDictionary {
                 "{n} codewords, fewer than the vocabulary size {vocab}"
             ));
         }
-        let mut children = ChildMap::default();
-        children.reserve(n - vocab as usize);
+        let mut children = ChildTable::with_capacity(n - vocab as usize);
+        // Content hashes of the codewords so far (a parent always precedes its children).
+        let mut hash: Vec<u64> = (0..vocab).map(root_hash).collect();
+        hash.reserve(n - vocab as usize);
         for i in 0..n {
             let (p, t) = (parent[i], token[i]);
             if i < vocab as usize {
@@ -284,8 +506,11 @@ impl LzwDictionary {
                         "codeword {i} is out of order or out of range (parent {p}, token {t})"
                     ));
                 }
-                if children.insert(key(p, t), i as u32).is_some() {
-                    return Err(format!("codeword {i} duplicates an earlier codeword"));
+                let h = step_hash(hash[p as usize], t);
+                hash.push(h);
+                match children.find(h, p, t) {
+                    Ok(_) => return Err(format!("codeword {i} duplicates an earlier codeword")),
+                    Err(at) => children.insert_at(at, h, p, t, i as u32),
                 }
             }
         }
@@ -298,6 +523,7 @@ impl LzwDictionary {
             children,
             phrases: 0,
             phrase_tokens: 0,
+            pending: Vec::new(),
         })
     }
 

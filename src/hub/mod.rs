@@ -902,7 +902,7 @@ fn run(
                 lfs.oid.as_deref() == Some(f.sha256.as_str()) && lfs.size.or(r.size) == Some(f.size)
             }
             None => {
-                r.size.map_or(true, |n| n == f.size)
+                r.size.is_none_or(|n| n == f.size)
                     && r.oid.as_deref() == Some(f.git_blob_id()?.as_str())
             }
         };

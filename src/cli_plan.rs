@@ -14,7 +14,9 @@ use l3kit::{Allocation, Error, Result};
 use serde::Serialize;
 use std::path::PathBuf;
 
-fn shape_of(
+/// The layer shape of `--d-in/--d-emb/--tied/--dtype` (d_emb defaults to d_in / 2, the
+/// paper's untied layout, or d_in when tied).
+pub(crate) fn shape_of(
     d_in: Option<u64>,
     d_emb: Option<u64>,
     tied: bool,

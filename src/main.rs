@@ -1,7 +1,7 @@
 //! The `l3kit` command line: a thin clap layer over the library.
 
 use clap::{Args, Parser, Subcommand};
-use l3kit::allocate::{self, AllocateOptions, AllocationReport, FillPolicy, LayerShape, Method};
+use l3kit::allocate::{self, AllocateOptions, AllocationReport, FillPolicy, Method};
 use l3kit::dialect::Dialect;
 use l3kit::layout::TableDtype;
 use l3kit::lzw::LzwVariant;
@@ -507,14 +507,7 @@ fn cmd_allocate(args: AllocateArgs, json: bool) -> Result<()> {
         },
     )?;
     alloc.write(&args.out)?;
-    let shape = args.d_in.map(|d_in| LayerShape {
-        d_in,
-        d_emb: args
-            .d_emb
-            .unwrap_or(if args.tied { d_in } else { (d_in / 2).max(1) }),
-        tied: args.tied,
-        dtype: args.dtype,
-    });
+    let shape = cli_plan::shape_of(args.d_in, args.d_emb, args.tied, args.dtype);
     let report = allocate::report(&alloc, Some(&profile.unigram), shape, tokenizer.as_ref());
     if json {
         #[derive(Serialize)]

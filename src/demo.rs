@@ -87,6 +87,12 @@ fn trained_demo(data_dir: &Path, out_dir: &Path, ui: &Ui) -> Result<TrainedDemo>
         },
         ui,
     )?;
+    if !check.ok() || !verify.passed {
+        return Err(Error::Check(format!(
+            "{}: the demo's packed model failed its check or verify step",
+            out_dir.display()
+        )));
+    }
     Ok(TrainedDemo {
         allocation_matches_training,
         pack,

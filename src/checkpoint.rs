@@ -214,7 +214,8 @@ pub fn read_safetensors_header(path: &Path, file: &File) -> Result<SafetensorsHe
     })
 }
 
-fn json_kind(v: &serde_json::Value) -> &'static str {
+/// How a JSON value is described in error messages ("a number", "an array", ...).
+pub(crate) fn json_kind(v: &serde_json::Value) -> &'static str {
     match v {
         serde_json::Value::Null => "null",
         serde_json::Value::Bool(_) => "a boolean",

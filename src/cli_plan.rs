@@ -14,6 +14,28 @@ use l3kit::{Allocation, Error, Result};
 use serde::Serialize;
 use std::path::PathBuf;
 
+/// `--d-in/--d-emb/--tied/--dtype`: the layer shape for memory and bytes-per-token figures.
+#[derive(clap::Args, Clone, Copy, Debug)]
+pub struct LayerShapeArgs {
+    /// Layer width, for the memory and bytes-per-token figures.
+    #[arg(long)]
+    pub d_in: Option<u64>,
+    /// Value width (default d_in / 2, the paper's untied layout; d_in when --tied).
+    #[arg(long)]
+    pub d_emb: Option<u64>,
+    /// Keys and values share one table (the nanochat dialect).
+    #[arg(long)]
+    pub tied: bool,
+    #[arg(long, value_enum, default_value = "bf16")]
+    pub dtype: TableDtype,
+}
+
+impl LayerShapeArgs {
+    pub fn shape(&self) -> Option<LayerShape> {
+        shape_of(self.d_in, self.d_emb, self.tied, self.dtype)
+    }
+}
+
 /// The layer shape of `--d-in/--d-emb/--tied/--dtype` (d_emb defaults to d_in / 2, the
 /// paper's untied layout, or d_in when tied).
 pub(crate) fn shape_of(
@@ -63,7 +85,7 @@ pub fn cmd_allocate_optimal(
     tokenizer: Option<&tokenizers::Tokenizer>,
     json: bool,
 ) -> Result<()> {
-    let shape = shape_of(args.d_in, args.d_emb, args.tied, args.dtype);
+    let shape = args.layer.shape();
     let budget = budget_of(args, shape)?;
     let (alloc, opt) = plan::allocate_optimal(profile, n_emb, args.k_max, budget)?;
     alloc.write_with_metadata(&args.out, &opt.metadata())?;
@@ -143,16 +165,8 @@ pub struct EvaluateArgs {
     /// Check the held-out profile's tokenizer and show starved tokens as text.
     #[arg(long)]
     tokenizer: Option<PathBuf>,
-    /// Layer width, for the bytes fetched per token.
-    #[arg(long)]
-    d_in: Option<u64>,
-    /// Value width (default d_in / 2; d_in when --tied).
-    #[arg(long)]
-    d_emb: Option<u64>,
-    #[arg(long)]
-    tied: bool,
-    #[arg(long, value_enum, default_value = "bf16")]
-    dtype: TableDtype,
+    #[command(flatten)]
+    layer: LayerShapeArgs,
     /// How many starved tokens to list.
     #[arg(long, default_value_t = 10)]
     top: usize,
@@ -172,7 +186,7 @@ pub fn cmd_evaluate(args: EvaluateArgs, json: bool) -> Result<()> {
         }
         None => None,
     };
-    let shape = shape_of(args.d_in, args.d_emb, args.tied, args.dtype);
+    let shape = args.layer.shape();
     let report = evaluate::evaluate(
         &alloc,
         &args.allocation,

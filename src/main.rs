@@ -348,17 +348,8 @@ struct AllocateArgs {
     /// Check the profile was made with this tokenizer, and show tokens as text.
     #[arg(long)]
     tokenizer: Option<PathBuf>,
-    /// Layer width, for the memory and bytes-per-token report.
-    #[arg(long)]
-    d_in: Option<u64>,
-    /// Value width (default d_in / 2, the paper's untied layout; d_in when --tied).
-    #[arg(long)]
-    d_emb: Option<u64>,
-    /// Keys and values share one table (the nanochat dialect).
-    #[arg(long)]
-    tied: bool,
-    #[arg(long, value_enum, default_value = "bf16")]
-    dtype: TableDtype,
+    #[command(flatten)]
+    layer: cli_plan::LayerShapeArgs,
     /// Where to write the allocation (safetensors with an I64 `bounds` tensor).
     #[arg(long)]
     out: PathBuf,
@@ -507,7 +498,7 @@ fn cmd_allocate(args: AllocateArgs, json: bool) -> Result<()> {
         },
     )?;
     alloc.write(&args.out)?;
-    let shape = cli_plan::shape_of(args.d_in, args.d_emb, args.tied, args.dtype);
+    let shape = args.layer.shape();
     let report = allocate::report(&alloc, Some(&profile.unigram), shape, tokenizer.as_ref());
     if json {
         #[derive(Serialize)]

@@ -5,6 +5,7 @@
 //! file as a whole. Each batch remembers where it came from so that later stages (tokenisation,
 //! id checks) can name the file and line, record or position in their errors.
 
+use crate::checkpoint::json_kind;
 use crate::error::{Error, IoContext, Result};
 use serde::{Deserialize, Serialize};
 use std::fs::File;
@@ -273,17 +274,6 @@ fn jsonl_field(line: &str, field: &str) -> std::result::Result<String, String> {
             json_kind(other)
         )),
         None => Err(format!("the record has no field \"{field}\"")),
-    }
-}
-
-fn json_kind(v: &serde_json::Value) -> &'static str {
-    match v {
-        serde_json::Value::Null => "null",
-        serde_json::Value::Bool(_) => "a boolean",
-        serde_json::Value::Number(_) => "a number",
-        serde_json::Value::String(_) => "a string",
-        serde_json::Value::Array(_) => "an array",
-        serde_json::Value::Object(_) => "an object",
     }
 }
 

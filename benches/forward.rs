@@ -16,8 +16,8 @@
 
 use candle_core::{Device, Tensor};
 use l3kit::layout::TableDtype;
-use l3kit::progress::Ui;
 use l3kit::store::TableSource;
+use l3kit::util::progress::Ui;
 use l3kit::verify::{self, Inputs, SourceOptions};
 use std::path::{Path, PathBuf};
 use std::time::Instant;

@@ -15,7 +15,7 @@
 
 use l3kit::lzw::{LzwDictionary, LzwVariant};
 use l3kit::profile::{self, ProfileOptions};
-use l3kit::progress::Ui;
+use l3kit::util::progress::Ui;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -295,7 +295,7 @@ fn bench_lzw(a: &Args, ids: &[u32]) {
             dict.scan(seq).expect("ids are in range");
         }
         let secs = t.elapsed().as_secs_f64();
-        let peak = l3kit::fsutil::peak_rss_bytes();
+        let peak = l3kit::util::fs::peak_rss_bytes();
         let rate = ids.len() as f64 / secs;
         println!(
             "   rep {}: {:.3} s  {} tokens/s  peak RSS {}{}",
@@ -535,7 +535,7 @@ fn bench_e2e(a: &Args) {
             }
             let secs = t.elapsed().as_secs_f64();
             let cpu = cpu_seconds() - cpu;
-            (tokens as u64, secs, l3kit::fsutil::peak_rss_bytes(), cpu)
+            (tokens as u64, secs, l3kit::util::fs::peak_rss_bytes(), cpu)
         };
         let prof = || {
             reset_peak_rss();
@@ -544,7 +544,7 @@ fn bench_e2e(a: &Args) {
             let (p, summary) = profile::run(&opts, &Ui::quiet()).expect("profile::run");
             let secs = t.elapsed().as_secs_f64();
             let cpu = cpu_seconds() - cpu;
-            let peak = l3kit::fsutil::peak_rss_bytes();
+            let peak = l3kit::util::fs::peak_rss_bytes();
             (p.meta.tokens, secs, peak, summary.codewords, cpu)
         };
         // Alternate which goes first, so drift (another process, caches) hits both alike.

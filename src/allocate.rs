@@ -9,10 +9,10 @@
 //! refuses to guess: the caller must name a [`FillPolicy`].
 
 use crate::allocation::{Allocation, AllocationMeta};
-use crate::error::{Error, Result};
 use crate::layout::TableDtype;
 use crate::lzw::walk_order;
 use crate::profile::Profile;
+use crate::util::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]

@@ -2,8 +2,8 @@
 //! sum `bounds` (length vocab + 1, `bounds[0] = 0`, `bounds[vocab] = n_emb`). This type is
 //! shared by every stage after `allocate`: packing, the forward pass and evaluation all read it.
 
-use crate::error::{Error, Result};
-use crate::st::{self, MappedSafetensors, TensorBytes};
+use crate::util::error::{Error, Result};
+use crate::util::safetensors_file::{self as st, MappedSafetensors, TensorBytes};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;

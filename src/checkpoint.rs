@@ -19,7 +19,8 @@
 //! Limitation (candle's): tensors whose storage type the reader does not know (int32, int16,
 //! bool, ...) are skipped with a message on stderr rather than listed.
 
-use crate::error::{Error, IoContext, Result};
+use crate::util::error::{Error, IoContext, Result};
+use crate::util::json::json_kind;
 use safetensors::Dtype;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -215,17 +216,6 @@ pub fn read_safetensors_header(path: &Path, file: &File) -> Result<SafetensorsHe
 }
 
 /// How a JSON value is described in error messages ("a number", "an array", ...).
-pub(crate) fn json_kind(v: &serde_json::Value) -> &'static str {
-    match v {
-        serde_json::Value::Null => "null",
-        serde_json::Value::Bool(_) => "a boolean",
-        serde_json::Value::Number(_) => "a number",
-        serde_json::Value::String(_) => "a string",
-        serde_json::Value::Array(_) => "an array",
-        serde_json::Value::Object(_) => "an object",
-    }
-}
-
 fn parse_tensor_entry(
     path: &Path,
     name: &str,
@@ -1212,7 +1202,7 @@ fn safe_relative(shard: &str) -> std::result::Result<PathBuf, &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::st::{write_file, TensorBytes};
+    use crate::util::safetensors_file::{write_file, TensorBytes};
     use std::borrow::Cow;
 
     fn tb(name: &str, dtype: Dtype, shape: &[usize], data: Vec<u8>) -> TensorBytes<'static> {

@@ -9,7 +9,7 @@ use l3kit::plan::evaluate::{self, EvaluationReport, ProfileFigures};
 use l3kit::plan::sweep::{self, PlanOptions, PlanPoint, PlanReport};
 use l3kit::plan::{self, CostBudget, OptimalSummary, Optimality};
 use l3kit::profile::{self, Profile};
-use l3kit::progress::Ui;
+use l3kit::util::progress::Ui;
 use l3kit::{Allocation, Error, Result};
 use serde::Serialize;
 use std::path::PathBuf;

@@ -2,10 +2,10 @@
 //! English text in `fixtures/`), so a fresh checkout can see every stage work.
 
 use crate::allocate::{self, AllocateOptions, AllocationReport, LayerShape, Method};
-use crate::error::{Error, Result};
 use crate::layout::TableDtype;
 use crate::profile::{self, ProfileOptions, ProfileSummary};
-use crate::progress::Ui;
+use crate::util::error::{Error, Result};
+use crate::util::progress::Ui;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 

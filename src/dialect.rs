@@ -6,8 +6,8 @@
 //! Checkpoints with other names are described by a `--map` TOML file.
 
 use crate::checkpoint::{Checkpoint, TensorInfo};
-use crate::error::{Error, Result};
 use crate::layout::{Residual, Semantics};
+use crate::util::error::{Error, Result};
 use serde::Deserialize;
 use std::path::Path;
 

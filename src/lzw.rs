@@ -11,7 +11,7 @@
 //! can prefetch its path (see `ChildTable`). The scan walks the trie while tokens stream in, so
 //! no sequence is ever sliced or copied.
 
-use crate::error::{Error, Result};
+use crate::util::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 
 /// Parent of the single-token codewords (the trie's roots).

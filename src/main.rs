@@ -7,7 +7,7 @@ use l3kit::layout::TableDtype;
 use l3kit::lzw::LzwVariant;
 use l3kit::pack::{self, PackOptions, PackSummary};
 use l3kit::profile::{self, IdSplit, InputFormat, Profile, ProfileOptions, ProfileSummary};
-use l3kit::progress::Ui;
+use l3kit::util::progress::Ui;
 use l3kit::{Error, Result};
 use serde::Serialize;
 use std::path::PathBuf;

@@ -18,9 +18,9 @@
 
 use crate::checkpoint::Checkpoint;
 use crate::convert;
-use crate::error::{Error, Result};
 use crate::layout::{LayerParams, Residual, Semantics};
 use crate::store::{check_tokens, Blocks, TableSource};
+use crate::util::error::{Error, Result};
 use candle_core::{DType, Device, Tensor, D};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};

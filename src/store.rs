@@ -9,9 +9,9 @@
 
 use crate::checkpoint::Checkpoint;
 use crate::convert;
-use crate::error::{Error, IoContext, Result};
 use crate::layout::{PackedConfig, TableDtype};
 use crate::pack::inspect::PackedModel;
+use crate::util::error::{Error, IoContext, Result};
 use rayon::prelude::*;
 use safetensors::Dtype;
 use std::path::Path;

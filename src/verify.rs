@@ -4,15 +4,15 @@
 use crate::checkpoint::Checkpoint;
 use crate::convert;
 use crate::dialect::Dialect;
-use crate::error::{Error, Result};
 use crate::layout::{LayerParams, Residual, TableDtype};
 use crate::model::{self, L3Config, L3Layer};
 use crate::pack::inspect::{check_packed, PackedModel};
 use crate::pack::{detect_source, resolve_bounds, CONFIG_FILE, INDEX_FILE};
 use crate::profile::Profile;
-use crate::progress::Ui;
-use crate::st::{self, MappedSafetensors, TensorBytes};
 use crate::store::{PackedStore, SourceTables, TableSource};
+use crate::util::error::{Error, Result};
+use crate::util::progress::Ui;
+use crate::util::safetensors_file::{self as st, MappedSafetensors, TensorBytes};
 use candle_core::{Device, Tensor};
 use safetensors::Dtype;
 use serde::Serialize;

@@ -2,7 +2,7 @@
 //! whose message names the file and the problem, and must never panic.
 
 use l3kit::checkpoint::Checkpoint;
-use l3kit::st::{write_file, TensorBytes};
+use l3kit::util::safetensors_file::{write_file, TensorBytes};
 use safetensors::Dtype;
 use std::borrow::Cow;
 use std::collections::BTreeMap;

@@ -5,7 +5,7 @@
 
 use l3kit::allocate::{allocate, AllocateOptions, Method};
 use l3kit::profile::{self, ProfileOptions};
-use l3kit::progress::Ui;
+use l3kit::util::progress::Ui;
 use l3kit::Allocation;
 use std::path::Path;
 

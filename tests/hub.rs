@@ -10,7 +10,7 @@ use l3kit::dialect::Dialect;
 use l3kit::hub::{upload, RetryPolicy, Token, UploadOptions};
 use l3kit::layout::TableDtype;
 use l3kit::pack::{pack, PackOptions};
-use l3kit::progress::Ui;
+use l3kit::util::progress::Ui;
 use sha2::Digest as _;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};

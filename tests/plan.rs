@@ -12,7 +12,7 @@ use l3kit::plan::{milp, CostBudget, Optimality, Planner};
 use l3kit::profile::{
     InputFormat, InputRecord, Profile, ProfileMeta, ProfileOptions, RecordedOptions,
 };
-use l3kit::progress::Ui;
+use l3kit::util::progress::Ui;
 use proptest::prelude::*;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -6,7 +6,7 @@
 use candle_core::Device;
 use l3kit::layout::TableDtype;
 use l3kit::pack::{pack, PackOptions};
-use l3kit::progress::Ui;
+use l3kit::util::progress::Ui;
 use l3kit::verify::{self, Inputs, SourceOptions, VerifyOptions};
 use std::path::{Path, PathBuf};
 

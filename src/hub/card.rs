@@ -6,10 +6,10 @@
 //! folder twice produces the same bytes (and the second upload sees nothing to change).
 
 use crate::allocate::histogram;
-use crate::error::{Error, IoContext, Result};
 use crate::layout::{Residual, TableDtype};
 use crate::pack::inspect::{inspect_packed, PackedModel};
 use crate::pack::{CONFIG_FILE, INDEX_FILE};
+use crate::util::error::{Error, IoContext, Result};
 use std::fmt::Write as _;
 use std::path::Path;
 

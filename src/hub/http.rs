@@ -3,7 +3,7 @@
 //! to requests for the Hub's own origin; and every message that could carry text from outside
 //! (transport errors, server error bodies) scrubbed of the token before it becomes an error.
 
-use crate::error::{Error, Result};
+use crate::util::error::{Error, Result};
 use indicatif::ProgressBar;
 use reqwest::blocking::{Body, Client};
 use reqwest::{Method, Url};

@@ -26,10 +26,10 @@ pub mod card;
 pub mod http;
 mod xet;
 
-use crate::error::{Error, IoContext, Result};
 use crate::pack::inspect::check_packed;
 use crate::pack::INDEX_FILE;
-use crate::progress::Ui;
+use crate::util::error::{Error, IoContext, Result};
+use crate::util::progress::Ui;
 use base64::Engine as _;
 use http::{Http, Payload, Reply};
 pub use http::{RetryPolicy, Token, Traffic};
@@ -431,7 +431,7 @@ fn walk(
             .join("/");
         let sha256 = match verified.get(&rel) {
             Some(s) => s.clone(),
-            None => crate::fsutil::sha256_file(&path)?,
+            None => crate::util::fs::sha256_file(&path)?,
         };
         out.push(LocalFile {
             large: guess_large(&rel, meta.len()),

@@ -6,7 +6,7 @@
 
 use super::http::{RetryPolicy, Token};
 use super::{Action, LocalFile, Source};
-use crate::error::{Error, Result};
+use crate::util::error::{Error, Result};
 use hf_hub::progress::{ProgressEvent, ProgressHandler, UploadEvent};
 use hf_hub::repository::CommitOperation;
 use hf_hub::{HFClientBuilder, HFError};

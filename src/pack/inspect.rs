@@ -6,9 +6,9 @@ use crate::allocate::expected_rows;
 use crate::allocation::check_bounds;
 use crate::checkpoint::Checkpoint;
 use crate::dialect::Dialect;
-use crate::error::{Error, IoContext, Result};
 use crate::layout::{PackedConfig, TableDtype, DATA_ALIGNMENT, PACKED_FORMAT, PACKED_VERSION};
 use crate::profile::Profile;
+use crate::util::error::{Error, IoContext, Result};
 use safetensors::Dtype;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -163,7 +163,9 @@ pub fn inspect_source(
                 layer_id: l.layer_id,
                 keys: l.keys.clone(),
                 values: l.values.clone(),
-                dtype: crate::st::dtype_name(ckpt.get(&l.keys).expect("resolved").dtype),
+                dtype: crate::util::safetensors_file::dtype_name(
+                    ckpt.get(&l.keys).expect("resolved").dtype,
+                ),
                 n_emb: l.n_emb,
                 d_in: l.d_in,
                 d_emb: l.d_emb,
@@ -301,7 +303,7 @@ impl CheckReport {
 
 /// Re-hash every file and check every structural invariant of a packed folder. Problems are
 /// collected, not stopped at; a folder that cannot be opened at all is one problem.
-pub fn check_packed(dir: &Path, ui: &crate::progress::Ui) -> CheckReport {
+pub fn check_packed(dir: &Path, ui: &crate::util::progress::Ui) -> CheckReport {
     let mut report = CheckReport {
         dir: dir.to_path_buf(),
         files_hashed: 0,
@@ -326,7 +328,7 @@ pub fn check_packed(dir: &Path, ui: &crate::progress::Ui) -> CheckReport {
     let bar = ui.bytes(total, "check");
     for (file, expected) in &model.index.metadata.sha256 {
         let path = dir.join(file);
-        match crate::fsutil::sha256_file(&path) {
+        match crate::util::fs::sha256_file(&path) {
             Ok(actual) => {
                 report.files_hashed += 1;
                 let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);

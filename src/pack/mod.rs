@@ -17,13 +17,13 @@ use crate::allocation::{check_bounds, Allocation};
 use crate::checkpoint::Checkpoint;
 use crate::convert::{self, ErrorStats};
 use crate::dialect::{self, Detected, Dialect, LayerTensors, MapFile};
-use crate::error::{Error, IoContext, Result};
 use crate::layout::{
     AllocationInfo, ConversionError, LayerParams, PackedConfig, PackedLayer, PackedPart,
     SourceNames, TableDtype, DATA_ALIGNMENT, PACKED_FORMAT, PACKED_VERSION,
 };
-use crate::progress::Ui;
-use crate::st;
+use crate::util::error::{Error, IoContext, Result};
+use crate::util::progress::Ui;
+use crate::util::safetensors_file as st;
 use safetensors::Dtype;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -165,7 +165,7 @@ impl StagingDir {
                 "already exists; pass --force to replace it",
             ));
         }
-        let tmp = crate::fsutil::temp_sibling(dest)?;
+        let tmp = crate::util::atomic_file::temp_sibling(dest)?;
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).with_path(&tmp)?;
         }
@@ -912,7 +912,7 @@ pub fn pack(opts: &PackOptions, ui: &Ui) -> Result<PackSummary> {
                 files.push(FileSummary {
                     file: name.to_string(),
                     bytes: std::fs::metadata(&dst).with_path(&dst)?.len(),
-                    sha256: crate::fsutil::sha256_file(&dst)?,
+                    sha256: crate::util::fs::sha256_file(&dst)?,
                 });
             }
         }
@@ -976,7 +976,7 @@ pub fn pack(opts: &PackOptions, ui: &Ui) -> Result<PackSummary> {
         bytes_read,
         bytes_written,
         seconds: started.elapsed().as_secs_f64(),
-        peak_rss_bytes: crate::fsutil::peak_rss_bytes(),
+        peak_rss_bytes: crate::util::fs::peak_rss_bytes(),
     })
 }
 

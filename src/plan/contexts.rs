@@ -12,7 +12,7 @@
 //! has count 0 or 1, so the runs are short and building them is one linear pass plus a sort of
 //! the (few) counts above 1.
 
-use crate::error::{Error, Result};
+use crate::util::error::{Error, Result};
 
 /// Per-token sorted codeword counts (see the module docs).
 #[derive(Clone, Debug)]

@@ -9,8 +9,8 @@
 use super::contexts::Contexts;
 use crate::allocate::{expected_rows, LayerShape};
 use crate::allocation::Allocation;
-use crate::error::{Error, Result};
 use crate::profile::Profile;
+use crate::util::error::{Error, Result};
 use serde::Serialize;
 use std::path::Path;
 

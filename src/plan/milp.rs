@@ -11,7 +11,7 @@
 //! slow for a real vocabulary.
 
 use super::contexts::Contexts;
-use crate::error::{Error, Result};
+use crate::util::error::{Error, Result};
 use good_lp::{constraint, microlp, variable, variables, Expression, Solution, SolverModel};
 
 /// Solve for the covered mass: exactly `n_emb` rows, each token 1..=k_max, and (optionally)

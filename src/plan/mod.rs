@@ -28,8 +28,8 @@ pub use solver::Optimality;
 
 use crate::allocate::check_budget;
 use crate::allocation::{Allocation, AllocationMeta};
-use crate::error::{Error, Result};
 use crate::profile::Profile;
+use crate::util::error::{Error, Result};
 use serde::Serialize;
 use solver::Groups;
 use std::time::Instant;

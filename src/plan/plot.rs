@@ -6,8 +6,8 @@
 //! depends on system fonts, fontconfig or freetype. Both files are written atomically, and the
 //! same data always gives the same bytes.
 
-use crate::error::{Error, Result};
-use crate::fsutil;
+use crate::util::atomic_file;
+use crate::util::error::{Error, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use std::path::Path;
@@ -93,7 +93,7 @@ fn render_with<D: Draw>(d: &D, size: (u32, u32), svg: &Path, png: &Path) -> Resu
         d.draw(&root).map_err(|e| fail(svg, e))?;
         root.present().map_err(|e| fail(svg, e.into()))?;
     }
-    fsutil::write_atomic(svg, text.as_bytes())?;
+    atomic_file::write_atomic(svg, text.as_bytes())?;
     let mut pixels = vec![0u8; size.0 as usize * size.1 as usize * 3];
     {
         let root = BitMapBackend::with_buffer(&mut pixels, size).into_drawing_area();
@@ -110,7 +110,7 @@ fn render_with<D: Draw>(d: &D, size: (u32, u32), svg: &Path, png: &Path) -> Resu
         w.write_image_data(&pixels)
             .map_err(|e| fail(png, Box::new(e)))?;
     }
-    fsutil::write_atomic(png, &bytes)
+    atomic_file::write_atomic(png, &bytes)
 }
 
 struct Frontier<'a>(&'a [FrontierPanel]);

@@ -36,7 +36,7 @@
 //! its members, which is optimal for identical concave pieces.
 
 use super::contexts::Contexts;
-use crate::error::{Error, Result};
+use crate::util::error::{Error, Result};
 
 /// Tokens merged by identical (unigram count, codeword counts).
 pub struct Groups {

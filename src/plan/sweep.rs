@@ -12,10 +12,10 @@ use super::contexts::Contexts;
 use super::plot::{self, FrontierPanel, RankSeries, Series};
 use super::{Optimality, Planner};
 use crate::allocate::{self, check_budget, expected_rows, FillPolicy, LayerShape};
-use crate::error::{Error, IoContext, Result};
-use crate::fsutil;
 use crate::profile::Profile;
-use crate::progress::Ui;
+use crate::util::atomic_file;
+use crate::util::error::{Error, IoContext, Result};
+use crate::util::progress::Ui;
 use rayon::prelude::*;
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -370,7 +370,7 @@ pub fn plan(
     let out = &opts.out;
     let mut files = Vec::new();
     let csv_path = out.join("plan.csv");
-    fsutil::write_atomic(&csv_path, to_csv(&points).as_bytes())?;
+    atomic_file::write_atomic(&csv_path, to_csv(&points).as_bytes())?;
     files.push(csv_path);
     let mut report = PlanReport {
         train_profile: train_path.display().to_string(),
@@ -417,7 +417,7 @@ pub fn plan(
     files.extend([svg, png]);
     report.files = files.iter().map(|p| p.display().to_string()).collect();
     let json = serde_json::to_string_pretty(&report).expect("report serialises");
-    fsutil::write_atomic(&json_path, (json + "\n").as_bytes())?;
+    atomic_file::write_atomic(&json_path, (json + "\n").as_bytes())?;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }

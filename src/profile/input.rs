@@ -5,8 +5,8 @@
 //! file as a whole. Each batch remembers where it came from so that later stages (tokenisation,
 //! id checks) can name the file and line, record or position in their errors.
 
-use crate::checkpoint::json_kind;
-use crate::error::{Error, IoContext, Result};
+use crate::util::error::{Error, IoContext, Result};
+use crate::util::json::json_kind;
 use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};

@@ -9,11 +9,10 @@
 
 pub mod input;
 
-use crate::error::{Error, IoContext, Result};
-use crate::fsutil;
 use crate::lzw::{LzwDictionary, LzwVariant, ScanError};
-use crate::progress::Ui;
-use crate::st::{self, MappedSafetensors, TensorBytes};
+use crate::util::error::{Error, IoContext, Result};
+use crate::util::progress::Ui;
+use crate::util::safetensors_file::{self as st, MappedSafetensors, TensorBytes};
 pub use input::{IdSplit, InputFormat};
 use input::{RawBatch, ReadOptions};
 use rayon::prelude::*;
@@ -372,7 +371,7 @@ pub fn run(opts: &ProfileOptions, ui: &Ui) -> Result<(Profile, ProfileSummary)> 
     summary.seconds = seconds;
     summary.tokens_per_second = profile.meta.tokens as f64 / seconds.max(1e-9);
     summary.input_bytes = total_bytes;
-    summary.peak_rss_bytes = fsutil::peak_rss_bytes();
+    summary.peak_rss_bytes = crate::util::fs::peak_rss_bytes();
     Ok((profile, summary))
 }
 
@@ -539,7 +538,7 @@ impl Profile {
 
     /// Check that this profile was made with the tokenizer file at `path`.
     pub fn check_tokenizer(&self, profile_path: &Path, tokenizer: &Path) -> Result<()> {
-        let hash = fsutil::sha256_file(tokenizer)?;
+        let hash = crate::util::fs::sha256_file(tokenizer)?;
         match &self.meta.tokenizer_sha256 {
             Some(h) if *h == hash => Ok(()),
             Some(_) => Err(Error::input(format!(

@@ -6,8 +6,8 @@
 //! given, and the header padded with spaces so the data section starts on a chosen alignment.
 //! Files are read back with the safetensors crate, which validates them.
 
-use crate::error::{Error, IoContext, Result};
-use crate::fsutil::AtomicFile;
+use crate::util::atomic_file::AtomicFile;
+use crate::util::error::{Error, IoContext, Result};
 use safetensors::Dtype;
 use std::collections::BTreeMap;
 use std::io::Write;

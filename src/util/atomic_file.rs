@@ -1,11 +1,11 @@
-//! Crash-safe output files and small filesystem helpers.
+//! Crash-safe output files.
 //!
 //! Outputs are written to a temporary name in the destination's own folder and renamed into
 //! place only once complete, so a reader never sees a half-written file and a failed or
 //! interrupted run leaves the destination as it was. The same folder matters: `rename` is only
 //! atomic within one filesystem.
 
-use crate::error::{Error, IoContext, Result};
+use crate::util::error::{Error, IoContext, Result};
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -92,29 +92,4 @@ pub fn temp_sibling(dest: &Path) -> Result<PathBuf> {
     tmp_name.push(name);
     tmp_name.push(format!(".l3kit-tmp-{}", std::process::id()));
     Ok(parent.join(tmp_name))
-}
-
-/// SHA-256 of a file's contents, as lowercase hex.
-pub fn sha256_file(path: &Path) -> Result<String> {
-    use sha2::{Digest, Sha256};
-    use std::io::Read;
-    let mut file = File::open(path).with_path(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).with_path(path)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex::encode(hasher.finalize()))
-}
-
-/// Peak resident memory of this process in bytes (Linux `VmHWM`), when the OS reports it.
-pub fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
 }

@@ -15,8 +15,8 @@
 //! repetition; it prints medians and ratios.
 
 use candle_core::{Device, Tensor};
-use l3kit::layout::TableDtype;
-use l3kit::store::TableSource;
+use l3kit::formats::dtype::TableDtype;
+use l3kit::serve::TableSource;
 use l3kit::util::progress::Ui;
 use l3kit::verify::{self, Inputs, SourceOptions};
 use std::path::{Path, PathBuf};
@@ -101,7 +101,7 @@ fn forward(dir: &Path, reps: usize) {
 /// Whole tables gathered once into memory, served by slicing.
 struct MemoryTables {
     bounds: Vec<i64>,
-    blocks: l3kit::store::Blocks,
+    blocks: l3kit::serve::Blocks,
 }
 
 impl TableSource for MemoryTables {
@@ -114,7 +114,7 @@ impl TableSource for MemoryTables {
     fn bounds(&self) -> &[i64] {
         &self.bounds
     }
-    fn gather_into(&self, tokens: &[u32], out: &mut l3kit::store::Blocks) -> l3kit::Result<()> {
+    fn gather_into(&self, tokens: &[u32], out: &mut l3kit::serve::Blocks) -> l3kit::Result<()> {
         let width = self.blocks.row_width;
         out.tokens = tokens.to_vec();
         out.starts = vec![0usize];
@@ -154,7 +154,7 @@ fn store(reps: usize) {
     if !packed.join("model.safetensors.index.json").exists() {
         std::fs::create_dir_all(&work).unwrap();
         let s = l3kit::synth::synthesize(&l3kit::synth::SynthOptions {
-            dialect: l3kit::dialect::Dialect::Paper,
+            dialect: l3kit::checkpoint::dialect::Dialect::Paper,
             vocab: 50_000,
             n_emb: 200_000,
             k_max: 512,
@@ -173,7 +173,7 @@ fn store(reps: usize) {
         l3kit::pack::pack(&o, &Ui::quiet()).unwrap();
         std::fs::remove_dir_all(work.join("src")).unwrap();
     }
-    let (_, stores) = l3kit::store::open_packed(&packed).unwrap();
+    let (_, stores) = l3kit::serve::open_packed(&packed).unwrap();
     let store = &stores[0];
     let mut tokens = zipf_tokens(50_000, 4096, 1.1, 7);
     tokens.sort_unstable();
@@ -188,7 +188,7 @@ fn store(reps: usize) {
     let mut dst = vec![0u8; bytes];
     let (mut t_raw, mut t_f32, mut t_copy) = (Vec::new(), Vec::new(), Vec::new());
     // One staging buffer reused across steps, as a serving loop would keep it.
-    let mut staging = l3kit::store::Blocks::default();
+    let mut staging = l3kit::serve::Blocks::default();
     store.gather_into(&tokens, &mut staging).unwrap();
     for _ in 0..reps {
         let t = Instant::now();

@@ -15,8 +15,8 @@
 //! along with the optimality status and the gap to the LP bound. The solver is sequential, and
 //! the benchmark pins rayon to one thread as well. See `docs/planner.md`.
 
-use l3kit::lzw::{LzwDictionary, LzwVariant};
-use l3kit::plan::{CostBudget, Planner};
+use l3kit::allocate::plan::{CostBudget, Planner};
+use l3kit::profile::lzw::{LzwDictionary, LzwVariant};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};

@@ -13,7 +13,7 @@
 //!
 //! See `docs/benchmarks.md` for what each measures and the figures measured so far.
 
-use l3kit::lzw::{LzwDictionary, LzwVariant};
+use l3kit::profile::lzw::{LzwDictionary, LzwVariant};
 use l3kit::profile::{self, ProfileOptions};
 use l3kit::util::progress::Ui;
 use rand::rngs::StdRng;

@@ -2,7 +2,7 @@
 //! English text in `fixtures/`), so a fresh checkout can see every stage work.
 
 use crate::allocate::{self, AllocateOptions, AllocationReport, LayerShape, Method};
-use crate::layout::TableDtype;
+use crate::formats::dtype::TableDtype;
 use crate::profile::{self, ProfileOptions, ProfileSummary};
 use crate::util::error::{Error, Result};
 use crate::util::progress::Ui;
@@ -22,7 +22,7 @@ pub struct DemoResult {
     pub profile: ProfileSummary,
     pub allocation: AllocationReport,
     /// The planner on the bundled data: LZW vs optimal, held-out coverage, the plots.
-    pub plan: crate::plan::sweep::PlanReport,
+    pub plan: crate::allocate::plan::sweep::PlanReport,
     /// The bundled trained model: its allocation re-derived, packed, checked and verified.
     pub trained: TrainedDemo,
 }
@@ -31,7 +31,7 @@ pub struct DemoResult {
 pub struct TrainedDemo {
     pub allocation_matches_training: bool,
     pub pack: crate::pack::PackSummary,
-    pub check: crate::pack::inspect::CheckReport,
+    pub check: crate::formats::packed::CheckReport,
     pub verify: crate::verify::VerifyReport,
 }
 
@@ -69,7 +69,7 @@ fn trained_demo(data_dir: &Path, out_dir: &Path, ui: &Ui) -> Result<TrainedDemo>
     pack_opts.dtype = Some(TableDtype::Int8);
     pack_opts.force = true;
     let pack = crate::pack::pack(&pack_opts, ui)?;
-    let check = crate::pack::inspect::check_packed(&packed, ui);
+    let check = crate::formats::packed::check_packed(&packed, ui);
     let verify = crate::verify::verify(
         &crate::verify::VerifyOptions {
             source: trained.clone(),
@@ -145,7 +145,7 @@ pub fn run(data_dir: &Path, out_dir: &Path, ui: &Ui) -> Result<DemoResult> {
         }),
         Some(&tok),
     );
-    let plan = crate::plan::sweep::demo(&profile, &profile_path, data_dir, out_dir, ui)?;
+    let plan = crate::allocate::plan::sweep::demo(&profile, &profile_path, data_dir, out_dir, ui)?;
     let trained = trained_demo(data_dir, out_dir, ui)?;
     Ok(DemoResult {
         out_dir: out_dir.to_path_buf(),

@@ -5,10 +5,10 @@
 //! (rows fall off with token id, as real LZW allocations fall off with frequency rank).
 
 use crate::allocate::proportional_fill;
-use crate::allocation::{Allocation, AllocationMeta};
-use crate::convert;
-use crate::dialect::Dialect;
-use crate::layout::TableDtype;
+use crate::checkpoint::dialect::Dialect;
+use crate::formats::allocation::{Allocation, AllocationMeta};
+use crate::formats::dtype as convert;
+use crate::formats::dtype::TableDtype;
 use crate::util::atomic_file::AtomicFile;
 use crate::util::error::{Error, IoContext, Result};
 use crate::util::safetensors_file as st;

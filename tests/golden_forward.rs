@@ -3,7 +3,7 @@
 //! the fixture checkpoints, in f32 and in bf16 (see fixtures/golden/README.md).
 
 use candle_core::Device;
-use l3kit::layout::TableDtype;
+use l3kit::formats::dtype::TableDtype;
 use l3kit::pack::{pack, PackOptions};
 use l3kit::util::progress::Ui;
 use l3kit::verify::{self, Inputs, LoadedModel, SourceOptions};

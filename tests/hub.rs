@@ -6,9 +6,9 @@
 //! after 60 s at the latest), and the client's retries are bounded in count and time.
 
 use base64::Engine as _;
-use l3kit::dialect::Dialect;
+use l3kit::checkpoint::dialect::Dialect;
+use l3kit::formats::dtype::TableDtype;
 use l3kit::hub::{upload, RetryPolicy, Token, UploadOptions};
-use l3kit::layout::TableDtype;
 use l3kit::pack::{pack, PackOptions};
 use l3kit::util::progress::Ui;
 use sha2::Digest as _;

@@ -6,7 +6,7 @@
 //! on every random corpus, budget and cap.
 
 use l3kit::allocate::lzw_walk;
-use l3kit::lzw::{LzwDictionary, LzwVariant};
+use l3kit::profile::lzw::{LzwDictionary, LzwVariant};
 use proptest::prelude::*;
 use std::collections::HashMap;
 

@@ -1,10 +1,10 @@
 //! `pack`, `unpack` and `inspect` on synthetic checkpoints: lossless round trips, every table
 //! dtype, sharding, determinism, the byte layout promised by docs/format.md, and bad input.
 
+use l3kit::checkpoint::dialect::Dialect;
 use l3kit::checkpoint::Checkpoint;
-use l3kit::dialect::Dialect;
-use l3kit::layout::TableDtype;
-use l3kit::pack::inspect::{check_packed, PackedModel};
+use l3kit::formats::dtype::TableDtype;
+use l3kit::formats::packed::{check_packed, PackedModel};
 use l3kit::pack::unpack::{unpack, UnpackOptions};
 use l3kit::pack::{pack, PackOptions};
 use l3kit::synth;

@@ -5,10 +5,10 @@
 //! Instances are small (a handful of tokens and codewords) so the MILP oracle is quick; the
 //! one test on the bundled corpus profiles the 0.4 MB held-out text once.
 
+use l3kit::allocate::plan::plot::{self, FrontierPanel, RankSeries, Series};
+use l3kit::allocate::plan::{milp, CostBudget, Optimality, Planner};
 use l3kit::allocate::{self, lzw_walk, AllocateOptions, FillPolicy, Method};
-use l3kit::lzw::{LzwDictionary, LzwVariant};
-use l3kit::plan::plot::{self, FrontierPanel, RankSeries, Series};
-use l3kit::plan::{milp, CostBudget, Optimality, Planner};
+use l3kit::profile::lzw::{LzwDictionary, LzwVariant};
 use l3kit::profile::{
     InputFormat, InputRecord, Profile, ProfileMeta, ProfileOptions, RecordedOptions,
 };
@@ -94,7 +94,7 @@ fn profile_of(vocab: u32, seqs: &[Vec<u32>]) -> Profile {
             phrase_tokens: dict.phrase_tokens(),
         },
         unigram,
-        dict,
+        codewords: dict.into_codewords(),
         content_sha256: "synthetic".into(),
     }
 }

@@ -4,7 +4,7 @@
 //! verifies against the source.
 
 use candle_core::Device;
-use l3kit::layout::TableDtype;
+use l3kit::formats::dtype::TableDtype;
 use l3kit::pack::{pack, PackOptions};
 use l3kit::util::progress::Ui;
 use l3kit::verify::{self, Inputs, SourceOptions, VerifyOptions};

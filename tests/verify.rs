@@ -3,11 +3,11 @@
 //! implementation agrees, and bad input is refused.
 
 use candle_core::{Device, Tensor};
-use l3kit::dialect::Dialect;
-use l3kit::layout::TableDtype;
+use l3kit::checkpoint::dialect::Dialect;
+use l3kit::formats::dtype::TableDtype;
 use l3kit::model::Backend;
 use l3kit::pack::{pack, PackOptions};
-use l3kit::store::{PackedStore, TableSource};
+use l3kit::serve::{PackedStore, TableSource};
 use l3kit::synth;
 use l3kit::util::progress::Ui;
 use l3kit::verify::{self, Inputs, SourceOptions};
@@ -205,7 +205,7 @@ fn forward_matches_a_naive_per_position_implementation() {
 fn prefetch_and_raw_gather_serve_the_packed_bytes() {
     let f = fixture(Dialect::Nanochat, TableDtype::Bf16);
     let p = packed(&f, None, "packed");
-    let (_, stores) = l3kit::store::open_packed(&p).unwrap();
+    let (_, stores) = l3kit::serve::open_packed(&p).unwrap();
     let store: &Arc<PackedStore> = &stores[0];
     let tokens = vec![3u32, 0, 63, 17];
     let fetched = store.prefetch(tokens.clone()).wait().unwrap();
@@ -320,7 +320,7 @@ fn verify_refuses_mismatched_or_corrupted_inputs() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("width 5"));
 
     // A corrupted shard: hash mismatch, exit 2, the file named.
-    let model = l3kit::pack::inspect::PackedModel::open(&p).unwrap();
+    let model = l3kit::formats::packed::PackedModel::open(&p).unwrap();
     let part = model.config.layers[1].parts[0].file.clone();
     let path = p.join(&part);
     let mut bytes = std::fs::read(&path).unwrap();

@@ -5,10 +5,11 @@
 //! The card depends only on the folder's contents and the repository name, so uploading the same
 //! folder twice produces the same bytes (and the second upload sees nothing to change).
 
-use crate::allocate::histogram;
-use crate::layout::{Residual, TableDtype};
-use crate::pack::inspect::{inspect_packed, PackedModel};
-use crate::pack::{CONFIG_FILE, INDEX_FILE};
+use crate::formats::allocation::histogram;
+use crate::formats::packed::PackedModel;
+use crate::formats::packed::{Residual, TableDtype};
+use crate::formats::packed::{CONFIG_FILE, INDEX_FILE};
+use crate::pack::inspect::inspect_packed;
 use crate::util::error::{Error, IoContext, Result};
 use std::fmt::Write as _;
 use std::path::Path;

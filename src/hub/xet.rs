@@ -156,10 +156,10 @@ fn map_error(e: HFError, x: &XetCommit) -> Error {
     };
     Error::input(match status {
         Some(code) => {
-            let advice = super::advice(code, x.repo, x.revision);
+            let advice = super::protocol::advice(code, x.repo, x.revision);
             format!(
                 "Xet upload through hf-hub: the Hub answered {code} {}: {text}{}{advice}",
-                super::status_text(code),
+                super::protocol::status_text(code),
                 if advice.is_empty() { "" } else { ": " }
             )
         }

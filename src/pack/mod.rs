@@ -13,14 +13,16 @@
 pub mod inspect;
 pub mod unpack;
 
-use crate::allocation::{check_bounds, Allocation};
+use crate::checkpoint::detect::{detect_source, resolve_bounds};
+use crate::checkpoint::dialect::{Dialect, LayerTensors};
 use crate::checkpoint::Checkpoint;
-use crate::convert::{self, ErrorStats};
-use crate::dialect::{self, Detected, Dialect, LayerTensors, MapFile};
-use crate::layout::{
+use crate::formats::dtype::{self as convert, ErrorStats};
+use crate::formats::packed::{
     AllocationInfo, ConversionError, LayerParams, PackedConfig, PackedLayer, PackedPart,
     SourceNames, TableDtype, DATA_ALIGNMENT, PACKED_FORMAT, PACKED_VERSION,
 };
+use crate::formats::packed::{CONFIG_FILE, INDEX_FILE};
+use crate::util::atomic_file::StagingDir;
 use crate::util::error::{Error, IoContext, Result};
 use crate::util::progress::Ui;
 use crate::util::safetensors_file as st;
@@ -32,9 +34,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// Name of the index file (the Hugging Face convention for sharded checkpoints).
-pub const INDEX_FILE: &str = "model.safetensors.index.json";
-pub const CONFIG_FILE: &str = "config.json";
 /// Small files beside a checkpoint that travel with the packed model.
 const COMPANION_FILES: &[&str] = &[
     "tokenizer.json",
@@ -80,35 +79,6 @@ impl PackOptions {
     }
 }
 
-/// Parse sizes like `5GB`, `500MB`, `2GiB`, `4096` (bytes).
-pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size (e.g. 5GB, 500MB, 2GiB)"))?;
-    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "kb" | "k" => 1e3,
-        "mb" | "m" => 1e6,
-        "gb" | "g" => 1e9,
-        "tb" | "t" => 1e12,
-        "kib" => 1024.0,
-        "mib" => 1024.0 * 1024.0,
-        "gib" => 1024.0 * 1024.0 * 1024.0,
-        "tib" => 1024f64.powi(4),
-        other => return Err(format!("unknown size unit {other:?} in {s:?}")),
-    };
-    let bytes = (value * mult).round();
-    if bytes < 1.0 {
-        return Err(format!("{s:?} is too small"));
-    }
-    Ok(bytes as u64)
-}
-
 #[derive(Clone, Debug, Serialize)]
 pub struct FileSummary {
     pub file: String,
@@ -148,61 +118,6 @@ pub struct PackSummary {
     pub bytes_written: u64,
     pub seconds: f64,
     pub peak_rss_bytes: Option<u64>,
-}
-
-/// A folder being built beside its destination; removed on drop unless committed.
-struct StagingDir {
-    tmp: PathBuf,
-    dest: PathBuf,
-    committed: bool,
-}
-
-impl StagingDir {
-    fn create(dest: &Path, force: bool) -> Result<Self> {
-        if dest.exists() && !force {
-            return Err(Error::in_file(
-                dest,
-                "already exists; pass --force to replace it",
-            ));
-        }
-        let tmp = crate::util::atomic_file::temp_sibling(dest)?;
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp).with_path(&tmp)?;
-        }
-        std::fs::create_dir(&tmp).with_path(&tmp)?;
-        Ok(StagingDir {
-            tmp,
-            dest: dest.to_path_buf(),
-            committed: false,
-        })
-    }
-
-    fn commit(mut self) -> Result<()> {
-        if self.dest.exists() {
-            let mut old = self.tmp.clone().into_os_string();
-            old.push("-old");
-            let old = PathBuf::from(old);
-            std::fs::rename(&self.dest, &old).with_path(&self.dest)?;
-            std::fs::rename(&self.tmp, &self.dest).with_path(&self.dest)?;
-            if old.is_dir() {
-                std::fs::remove_dir_all(&old).with_path(&old)?;
-            } else {
-                std::fs::remove_file(&old).with_path(&old)?;
-            }
-        } else {
-            std::fs::rename(&self.tmp, &self.dest).with_path(&self.dest)?;
-        }
-        self.committed = true;
-        Ok(())
-    }
-}
-
-impl Drop for StagingDir {
-    fn drop(&mut self) {
-        if !self.committed {
-            let _ = std::fs::remove_dir_all(&self.tmp);
-        }
-    }
 }
 
 /// Writes one output file on a background thread, hashing as it goes.
@@ -313,113 +228,6 @@ fn table_dtype_of(d: Dtype) -> TableDtype {
     }
 }
 
-/// Read a bounds tensor (I64 or I32) from the checkpoint.
-pub fn read_bounds(ckpt: &Checkpoint, name: &str) -> Result<Vec<i64>> {
-    let info = ckpt
-        .get(name)
-        .ok_or_else(|| Error::in_file(ckpt.path(), format!("missing tensor {name}")))?;
-    let bytes = ckpt.read_all(name)?;
-    Ok(match info.dtype {
-        Dtype::I64 => bytes
-            .chunks_exact(8)
-            .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
-            .collect(),
-        Dtype::I32 => bytes
-            .chunks_exact(4)
-            .map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes")) as i64)
-            .collect(),
-        other => {
-            return Err(Error::in_file(
-                ckpt.path(),
-                format!("bounds tensor {name} has dtype {other:?}, expected I64"),
-            ))
-        }
-    })
-}
-
-/// Resolve each layer's bounds from the checkpoint and/or the allocation file, checking that
-/// they agree with each other and with the tables.
-pub fn resolve_bounds(
-    ckpt: &Checkpoint,
-    detected: &Detected,
-    allocation: Option<&(PathBuf, Allocation)>,
-) -> Result<Vec<Vec<i64>>> {
-    let mut all = Vec::new();
-    for layer in &detected.layers {
-        let from_ckpt = match &layer.bounds {
-            Some(name) => {
-                let b = read_bounds(ckpt, name)?;
-                check_bounds(&b).map_err(|m| {
-                    Error::in_file(ckpt.path(), format!("bounds tensor {name}: {m}"))
-                })?;
-                Some(b)
-            }
-            None => None,
-        };
-        let bounds = match (from_ckpt, allocation) {
-            (Some(b), Some((path, alloc))) => {
-                if b.as_slice() != alloc.bounds() {
-                    let detail = if b.len() != alloc.bounds().len() {
-                        format!("vocabulary {} vs {}", b.len() - 1, alloc.bounds().len() - 1)
-                    } else {
-                        let t = b
-                            .windows(2)
-                            .zip(alloc.bounds().windows(2))
-                            .position(|(x, y)| x[1] - x[0] != y[1] - y[0])
-                            .unwrap_or(0);
-                        format!("first difference at token {t}")
-                    };
-                    return Err(Error::input(format!(
-                        "{}: the bounds of L3 layer {} disagree with the allocation {} ({detail})",
-                        ckpt.path().display(),
-                        layer.name,
-                        path.display()
-                    )));
-                }
-                b
-            }
-            (Some(b), None) => b,
-            (None, Some((_, alloc))) => alloc.bounds().to_vec(),
-            (None, None) => {
-                return Err(Error::in_file(
-                    ckpt.path(),
-                    format!(
-                        "L3 layer {} has no bounds in the checkpoint; pass --allocation FILE",
-                        layer.name
-                    ),
-                ))
-            }
-        };
-        let last = *bounds.last().expect("checked non-empty") as u64;
-        if last != layer.n_emb {
-            return Err(Error::in_file(
-                ckpt.path(),
-                format!(
-                    "the bounds of L3 layer {} end at {last}, but its table {} has {} rows",
-                    layer.name, layer.keys, layer.n_emb
-                ),
-            ));
-        }
-        if let Some(first) = all.first() {
-            let first: &Vec<i64> = first;
-            if first.len() != bounds.len() {
-                return Err(Error::in_file(
-                    ckpt.path(),
-                    format!(
-                        "L3 layers disagree on the vocabulary: {} has {}, {} has {}",
-                        detected.layers[0].name,
-                        first.len() - 1,
-                        layer.name,
-                        bounds.len() - 1
-                    ),
-                ));
-            }
-        }
-        all.push(bounds);
-    }
-    Ok(all)
-}
-
 /// Split tokens into parts whose files stay under `max_bytes` (a single token bigger than
 /// that gets a part of its own).
 fn split_parts(bounds: &[i64], row_bytes: u64, max_bytes: u64) -> Vec<(u64, u64)> {
@@ -439,26 +247,6 @@ fn split_parts(bounds: &[i64], row_bytes: u64, max_bytes: u64) -> Vec<(u64, u64)
     }
     parts.push((start as u64, vocab as u64));
     parts
-}
-
-/// Detect a source checkpoint's L3 layers (by dialect, or through a `--map` file) and read the
-/// allocation file when one is given.
-pub fn detect_source(
-    ckpt: &Checkpoint,
-    dialect: Option<Dialect>,
-    map: Option<&Path>,
-    allocation: Option<&Path>,
-) -> Result<(Detected, Option<(PathBuf, Allocation)>)> {
-    let map = match map {
-        Some(p) => Some((p.to_path_buf(), MapFile::read(p)?)),
-        None => None,
-    };
-    let detected = dialect::detect(ckpt, dialect, map.as_ref().map(|(p, m)| (p.as_path(), m)))?;
-    let allocation = match allocation {
-        Some(p) => Some((p.to_path_buf(), Allocation::read(p)?)),
-        None => None,
-    };
-    Ok((detected, allocation))
 }
 
 /// Pack a checkpoint.
@@ -983,16 +771,6 @@ pub fn pack(opts: &PackOptions, ui: &Ui) -> Result<PackSummary> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes_parse() {
-        assert_eq!(parse_size("5GB").unwrap(), 5_000_000_000);
-        assert_eq!(parse_size("500MB").unwrap(), 500_000_000);
-        assert_eq!(parse_size("2GiB").unwrap(), 2 << 30);
-        assert_eq!(parse_size("4096").unwrap(), 4096);
-        assert!(parse_size("lots").is_err());
-        assert!(parse_size("5XB").is_err());
-    }
 
     #[test]
     fn parts_split_at_token_boundaries() {

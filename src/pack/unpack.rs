@@ -1,11 +1,13 @@
 //! `unpack`: rebuild a checkpoint in the source dialect's layout from a packed folder. For
 //! lossless table dtypes the rebuilt tensors equal the originals bit for bit.
 
-use super::inspect::PackedModel;
-use super::{FileSink, Planned, StagingDir, COMPANION_FILES, CONFIG_FILE, INDEX_FILE};
-use crate::allocation::{Allocation, AllocationMeta};
-use crate::convert;
-use crate::layout::{PackedLayer, TableDtype};
+use super::{FileSink, Planned, COMPANION_FILES};
+use crate::formats::allocation::{Allocation, AllocationMeta};
+use crate::formats::dtype as convert;
+use crate::formats::packed::{PackedLayer, TableDtype};
+use crate::formats::packed::{PackedModel, CONFIG_FILE, INDEX_FILE};
+use crate::formats::safetensors::TensorReader;
+use crate::util::atomic_file::StagingDir;
 use crate::util::error::{Error, IoContext, Result};
 use crate::util::progress::Ui;
 use crate::util::safetensors_file as st;

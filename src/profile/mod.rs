@@ -7,26 +7,23 @@
 //! order-dependent, so the scan itself is sequential; at tens of millions of tokens per second
 //! it is never the bottleneck). Bounded channels keep at most a few batches in memory.
 
-pub mod input;
+pub mod lzw;
 
-use crate::lzw::{LzwDictionary, LzwVariant, ScanError};
+use crate::corpus::{RawBatch, ReadOptions};
+use crate::formats::profile::content_hash;
+pub use crate::formats::profile::{
+    IdSplit, InputFormat, InputRecord, LzwVariant, Profile, ProfileMeta, RecordedOptions,
+};
+pub use crate::formats::tokenizer::load_tokenizer;
 use crate::util::error::{Error, IoContext, Result};
 use crate::util::progress::Ui;
-use crate::util::safetensors_file::{self as st, MappedSafetensors, TensorBytes};
-pub use input::{IdSplit, InputFormat};
-use input::{RawBatch, ReadOptions};
+use lzw::{LzwDictionary, ScanError};
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use serde::Serialize;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
-
-/// Identifies a profile file in its `__metadata__`.
-pub const PROFILE_FORMAT: &str = "l3kit-profile";
-pub const PROFILE_VERSION: &str = "1";
 
 /// Everything `profile` needs to know.
 #[derive(Clone, Debug)]
@@ -62,46 +59,6 @@ impl ProfileOptions {
     }
 }
 
-/// One input as recorded in the profile.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InputRecord {
-    pub path: String,
-    pub format: InputFormat,
-    pub bytes: u64,
-}
-
-/// The options recorded in the profile, so a profile says how it was made.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RecordedOptions {
-    pub field: Option<String>,
-    pub add_special_tokens: bool,
-    pub split: Option<IdSplit>,
-    pub max_tokens: Option<u64>,
-    pub lzw_variant: LzwVariant,
-}
-
-/// Everything in a profile besides the big arrays.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProfileMeta {
-    pub vocab_size: u32,
-    pub tokenizer_sha256: Option<String>,
-    pub inputs: Vec<InputRecord>,
-    pub options: RecordedOptions,
-    pub sequences: u64,
-    pub tokens: u64,
-    pub phrases: u64,
-    pub phrase_tokens: u64,
-}
-
-/// A corpus profile: unigram counts and the LZW dictionary.
-pub struct Profile {
-    pub meta: ProfileMeta,
-    pub unigram: Vec<u64>,
-    pub dict: LzwDictionary,
-    /// SHA-256 of the profile's tensor data; identifies the profile in allocation files.
-    pub content_sha256: String,
-}
-
 /// The human and `--json` summary of a profiling run.
 #[derive(Clone, Debug, Serialize)]
 pub struct ProfileSummary {
@@ -118,17 +75,8 @@ pub struct ProfileSummary {
     pub peak_rss_bytes: Option<u64>,
 }
 
-/// Load a Hugging Face tokenizer.json; returns it with the file's SHA-256.
-pub fn load_tokenizer(path: &Path) -> Result<(tokenizers::Tokenizer, String)> {
-    let bytes = std::fs::read(path).with_path(path)?;
-    let tok = tokenizers::Tokenizer::from_bytes(&bytes)
-        .map_err(|e| Error::in_file(path, format!("not a valid tokenizer.json: {e}")))?;
-    let hash = hex::encode(Sha256::digest(&bytes));
-    Ok((tok, hash))
-}
-
 struct TokenBatch {
-    origin: input::Origin,
+    origin: crate::corpus::Origin,
     flat: Vec<u32>,
     offsets: Vec<usize>,
 }
@@ -220,7 +168,7 @@ pub fn run(opts: &ProfileOptions, ui: &Ui) -> Result<(Profile, ProfileSummary)> 
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
-                input::read_file(path, *format, &read_opts, &progress, &mut |batch| {
+                crate::corpus::read_file(path, *format, &read_opts, &progress, &mut |batch| {
                     !stop.load(Ordering::Relaxed) && raw_tx.send(batch).is_ok()
                 })?;
             }
@@ -359,15 +307,16 @@ pub fn run(opts: &ProfileOptions, ui: &Ui) -> Result<(Profile, ProfileSummary)> 
         phrases: scan.dict.phrases(),
         phrase_tokens: scan.dict.phrase_tokens(),
     };
-    let content_sha256 = content_hash(&scan.unigram, &scan.dict);
+    let codewords = scan.dict.into_codewords();
+    let content_sha256 = content_hash(&scan.unigram, &codewords);
     let profile = Profile {
         meta,
         unigram: scan.unigram,
-        dict: scan.dict,
+        codewords,
         content_sha256,
     };
     let seconds = started.elapsed().as_secs_f64();
-    let mut summary = profile.summary();
+    let mut summary = summary(&profile);
     summary.seconds = seconds;
     summary.tokens_per_second = profile.meta.tokens as f64 / seconds.max(1e-9);
     summary.input_bytes = total_bytes;
@@ -377,7 +326,7 @@ pub fn run(opts: &ProfileOptions, ui: &Ui) -> Result<(Profile, ProfileSummary)> 
 
 fn tokenise(
     tok: &tokenizers::Tokenizer,
-    origin: &input::Origin,
+    origin: &crate::corpus::Origin,
     texts: &[String],
     add_special_tokens: bool,
 ) -> Result<(Vec<u32>, Vec<usize>)> {
@@ -402,23 +351,6 @@ fn tokenise(
     Ok((flat, offsets))
 }
 
-fn content_hash(unigram: &[u64], dict: &LzwDictionary) -> String {
-    let mut h = Sha256::new();
-    for tensor in tensors(unigram, dict) {
-        h.update(&tensor.data);
-    }
-    hex::encode(h.finalize())
-}
-
-fn tensors<'a>(unigram: &[u64], dict: &LzwDictionary) -> Vec<TensorBytes<'a>> {
-    vec![
-        TensorBytes::u64s("unigram_counts", unigram),
-        TensorBytes::u32s("codeword_parent", dict.parents()),
-        TensorBytes::u32s("codeword_token", dict.tokens()),
-        TensorBytes::u64s("codeword_count", dict.counts()),
-    ]
-}
-
 /// Shannon entropy of a count vector, in bits.
 pub fn entropy_bits(counts: &[u64]) -> f64 {
     let total: u64 = counts.iter().sum();
@@ -436,121 +368,23 @@ pub fn entropy_bits(counts: &[u64]) -> f64 {
         .sum()
 }
 
-impl Profile {
-    pub fn summary(&self) -> ProfileSummary {
-        ProfileSummary {
-            vocab_size: self.meta.vocab_size,
-            tokens: self.meta.tokens,
-            sequences: self.meta.sequences,
-            codewords: self.dict.len() as u64,
-            unigram_entropy_bits: entropy_bits(&self.unigram),
-            mean_phrase_length: if self.meta.phrases == 0 {
-                0.0
-            } else {
-                self.meta.phrase_tokens as f64 / self.meta.phrases as f64
-            },
-            distinct_tokens: self.unigram.iter().filter(|&&c| c > 0).count() as u64,
-            seconds: 0.0,
-            tokens_per_second: 0.0,
-            input_bytes: self.meta.inputs.iter().map(|i| i.bytes).sum(),
-            peak_rss_bytes: None,
-        }
-    }
-
-    /// Write the profile as a safetensors file (atomically).
-    pub fn write(&self, path: &Path) -> Result<()> {
-        let mut metadata = BTreeMap::new();
-        metadata.insert("format".to_string(), PROFILE_FORMAT.to_string());
-        metadata.insert("version".to_string(), PROFILE_VERSION.to_string());
-        metadata.insert(
-            "profile".to_string(),
-            serde_json::to_string(&self.meta).expect("meta serialises"),
-        );
-        metadata.insert("content_sha256".to_string(), self.content_sha256.clone());
-        st::write_file(path, &tensors(&self.unigram, &self.dict), &metadata, 8)
-    }
-
-    /// Read and validate a profile file.
-    pub fn read(path: &Path) -> Result<Profile> {
-        let file = MappedSafetensors::open(path).map_err(|e| match e {
-            Error::Input(msg) => Error::Input(format!("{msg} (a truncated or corrupted profile?)")),
-            other => other,
-        })?;
-        let metadata = file.metadata()?;
-        let bad = |msg: String| Error::in_file(path, msg);
-        if metadata.get("format").map(String::as_str) != Some(PROFILE_FORMAT) {
-            return Err(bad(
-                "not an l3kit profile (metadata format is not l3kit-profile)".into(),
-            ));
-        }
-        let version = metadata.get("version").cloned().unwrap_or_default();
-        if version != PROFILE_VERSION {
-            return Err(bad(format!(
-                "profile format version {version:?} is not supported (this l3kit reads {PROFILE_VERSION})"
-            )));
-        }
-        let meta: ProfileMeta = serde_json::from_str(
-            metadata
-                .get("profile")
-                .ok_or_else(|| bad("metadata has no \"profile\" entry".into()))?,
-        )
-        .map_err(|e| bad(format!("metadata \"profile\" is not valid: {e}")))?;
-        let stored_hash = metadata
-            .get("content_sha256")
-            .cloned()
-            .ok_or_else(|| bad("metadata has no content_sha256".into()))?;
-        let unigram = file.vec_u64("unigram_counts")?;
-        let parent = file.vec_u32("codeword_parent")?;
-        let token = file.vec_u32("codeword_token")?;
-        let count = file.vec_u64("codeword_count")?;
-        if unigram.len() != meta.vocab_size as usize {
-            return Err(bad(format!(
-                "unigram_counts has {} entries for a vocabulary of {}",
-                unigram.len(),
-                meta.vocab_size
-            )));
-        }
-        let mut dict = LzwDictionary::from_parts(
-            meta.vocab_size,
-            meta.options.lzw_variant,
-            parent,
-            token,
-            count,
-        )
-        .map_err(|m| bad(format!("corrupted codeword dictionary: {m}")))?;
-        dict.set_phrase_stats(meta.phrases, meta.phrase_tokens);
-        let content_sha256 = content_hash(&unigram, &dict);
-        if content_sha256 != stored_hash {
-            return Err(bad(
-                "content hash mismatch: the profile's data was changed or corrupted".into(),
-            ));
-        }
-        if unigram.iter().sum::<u64>() != meta.tokens {
-            return Err(bad("unigram counts do not add up to the token count".into()));
-        }
-        Ok(Profile {
-            meta,
-            unigram,
-            dict,
-            content_sha256,
-        })
-    }
-
-    /// Check that this profile was made with the tokenizer file at `path`.
-    pub fn check_tokenizer(&self, profile_path: &Path, tokenizer: &Path) -> Result<()> {
-        let hash = crate::util::fs::sha256_file(tokenizer)?;
-        match &self.meta.tokenizer_sha256 {
-            Some(h) if *h == hash => Ok(()),
-            Some(_) => Err(Error::input(format!(
-                "{}: the profile was made with a different tokenizer than {} (SHA-256 differs)",
-                profile_path.display(),
-                tokenizer.display()
-            ))),
-            None => Err(Error::input(format!(
-                "{}: the profile was made from pre-tokenised ids without a tokenizer, so it cannot be checked against {}",
-                profile_path.display(),
-                tokenizer.display()
-            ))),
-        }
+/// The summary of a profile as read back (no timing figures).
+pub fn summary(profile: &Profile) -> ProfileSummary {
+    ProfileSummary {
+        vocab_size: profile.meta.vocab_size,
+        tokens: profile.meta.tokens,
+        sequences: profile.meta.sequences,
+        codewords: profile.codewords.len() as u64,
+        unigram_entropy_bits: entropy_bits(&profile.unigram),
+        mean_phrase_length: if profile.meta.phrases == 0 {
+            0.0
+        } else {
+            profile.meta.phrase_tokens as f64 / profile.meta.phrases as f64
+        },
+        distinct_tokens: profile.unigram.iter().filter(|&&c| c > 0).count() as u64,
+        seconds: 0.0,
+        tokens_per_second: 0.0,
+        input_bytes: profile.meta.inputs.iter().map(|i| i.bytes).sum(),
+        peak_rss_bytes: None,
     }
 }

@@ -1,4 +1,5 @@
-//! Crash-safe output files.
+//! Crash-safe outputs: files and folders built under a hidden temporary name beside their
+//! destination and renamed into place when complete.
 //!
 //! Outputs are written to a temporary name in the destination's own folder and renamed into
 //! place only once complete, so a reader never sees a half-written file and a failed or
@@ -92,4 +93,59 @@ pub fn temp_sibling(dest: &Path) -> Result<PathBuf> {
     tmp_name.push(name);
     tmp_name.push(format!(".l3kit-tmp-{}", std::process::id()));
     Ok(parent.join(tmp_name))
+}
+
+/// A folder being built beside its destination; removed on drop unless committed.
+pub struct StagingDir {
+    pub tmp: PathBuf,
+    dest: PathBuf,
+    committed: bool,
+}
+
+impl StagingDir {
+    pub fn create(dest: &Path, force: bool) -> Result<Self> {
+        if dest.exists() && !force {
+            return Err(Error::in_file(
+                dest,
+                "already exists; pass --force to replace it",
+            ));
+        }
+        let tmp = temp_sibling(dest)?;
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).with_path(&tmp)?;
+        }
+        std::fs::create_dir(&tmp).with_path(&tmp)?;
+        Ok(StagingDir {
+            tmp,
+            dest: dest.to_path_buf(),
+            committed: false,
+        })
+    }
+
+    pub fn commit(mut self) -> Result<()> {
+        if self.dest.exists() {
+            let mut old = self.tmp.clone().into_os_string();
+            old.push("-old");
+            let old = PathBuf::from(old);
+            std::fs::rename(&self.dest, &old).with_path(&self.dest)?;
+            std::fs::rename(&self.tmp, &self.dest).with_path(&self.dest)?;
+            if old.is_dir() {
+                std::fs::remove_dir_all(&old).with_path(&old)?;
+            } else {
+                std::fs::remove_file(&old).with_path(&old)?;
+            }
+        } else {
+            std::fs::rename(&self.tmp, &self.dest).with_path(&self.dest)?;
+        }
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for StagingDir {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_dir_all(&self.tmp);
+        }
+    }
 }

@@ -8,3 +8,4 @@ pub mod fs;
 pub mod json;
 pub mod progress;
 pub mod safetensors_file;
+pub mod units;

@@ -1,0 +1,103 @@
+//! `l3kit pack`: its flags and its report.
+
+use super::{parse_size_arg, print_json, SourceArgs};
+use clap::Args;
+use l3kit::formats::dtype::TableDtype;
+use l3kit::pack::{self, PackOptions, PackSummary};
+use l3kit::util::progress::Ui;
+use l3kit::util::units::human_bytes;
+use l3kit::Result;
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub(crate) struct PackArgs {
+    /// A .safetensors file, a .pt/.bin file, or a checkpoint folder (sharded index allowed).
+    source: PathBuf,
+    #[command(flatten)]
+    src: SourceArgs,
+    /// Table dtype (default: the source's).
+    #[arg(long, value_enum)]
+    dtype: Option<TableDtype>,
+    /// Convert the other floating-point tensors too (default: unchanged).
+    #[arg(long, value_enum)]
+    other_dtype: Option<TableDtype>,
+    /// Largest shard (e.g. 5GB, 500MB, 2GiB).
+    #[arg(long, default_value = "5GB", value_parser = parse_size_arg)]
+    max_shard_size: u64,
+    /// Pack even if tables hold NaN or Inf.
+    #[arg(long)]
+    allow_nonfinite: bool,
+    /// Replace an existing output folder.
+    #[arg(long)]
+    force: bool,
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub(crate) fn cmd_pack(args: PackArgs, ui: &Ui, json: bool) -> Result<()> {
+    let opts = PackOptions {
+        source: args.source,
+        out: args.out,
+        dialect: args.src.dialect,
+        map: args.src.map,
+        allocation: args.src.allocation,
+        dtype: args.dtype,
+        other_dtype: args.other_dtype,
+        max_shard_size: args.max_shard_size,
+        force: args.force,
+        allow_nonfinite: args.allow_nonfinite,
+    };
+    let summary = pack::pack(&opts, ui)?;
+    if json {
+        print_json(&summary);
+    } else {
+        print_pack(&summary);
+    }
+    Ok(())
+}
+
+pub(crate) fn print_pack(s: &PackSummary) {
+    println!(
+        "packed {} L3 layer(s), {} dialect, vocab {}, tables as {}",
+        s.layers.len(),
+        s.dialect,
+        s.vocab_size,
+        s.dtype.name()
+    );
+    for l in &s.layers {
+        print!(
+            "  {}: n_emb {} d_in {} d_emb {}, {} in {} part(s)",
+            l.name,
+            l.n_emb,
+            l.d_in,
+            l.d_emb,
+            human_bytes(l.table_bytes as f64),
+            l.parts
+        );
+        match &l.conversion_error {
+            Some(e) => println!(
+                ", conversion error: max abs {:.3e}, relative L2 {:.3e}",
+                e.max_abs_error, e.relative_l2_error
+            ),
+            None => println!(", lossless"),
+        }
+    }
+    for n in &s.nonfinite {
+        println!(
+            "  warning: {} holds {} non-finite values (first in row {}, token {})",
+            n.tensor, n.count, n.first_row, n.first_token
+        );
+    }
+    println!(
+        "  read {} wrote {} in {} files, {:.2} s ({:.0} MB/s)",
+        human_bytes(s.bytes_read as f64),
+        human_bytes(s.bytes_written as f64),
+        s.files.len(),
+        s.seconds,
+        s.bytes_read as f64 / s.seconds.max(1e-9) / 1e6
+    );
+    if let Some(rss) = s.peak_rss_bytes {
+        println!("  peak memory {}", human_bytes(rss as f64));
+    }
+    println!("wrote {}", s.out.display());
+}

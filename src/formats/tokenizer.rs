@@ -1,0 +1,15 @@
+//! Hugging Face `tokenizer.json` files: loaded with their SHA-256, which profiles and
+//! allocations record so a later stage can check it was given the same tokenizer.
+
+use crate::util::error::{Error, IoContext, Result};
+use sha2::{Digest, Sha256};
+use std::path::Path;
+
+/// Load a Hugging Face tokenizer.json; returns it with the file's SHA-256.
+pub fn load_tokenizer(path: &Path) -> Result<(tokenizers::Tokenizer, String)> {
+    let bytes = std::fs::read(path).with_path(path)?;
+    let tok = tokenizers::Tokenizer::from_bytes(&bytes)
+        .map_err(|e| Error::in_file(path, format!("not a valid tokenizer.json: {e}")))?;
+    let hash = hex::encode(Sha256::digest(&bytes));
+    Ok((tok, hash))
+}

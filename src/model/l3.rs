@@ -1,0 +1,403 @@
+//! The reference L3 forward pass, written with candle.
+//!
+//! One implementation covers every dialect through [`L3Config`] (tied or separate K and V,
+//! RMSNorm with or without weights, replace or lambda-add residual, score scale, key norm):
+//!
+//! ```text
+//! q   = RMSNorm_in(x)
+//! s   = softmax(score_scale * K_t q)      over token t's d_t rows only
+//! a   = V_t^T s
+//! u   = RMSNorm_out(W_up a)
+//! out = W_mix [u ; x]                     then x <- out, or x <- x + lambda * out
+//! ```
+//!
+//! The per-token attention is computed once per *distinct* token for all positions holding it,
+//! never padded to k_max. On CPU it runs as hand-written kernels over the staging buffer
+//! (parallel over token segments); on other devices as candle ops per distinct token. The dense
+//! projections (W_up, W_mix) are candle matmuls on the chosen device.
+
+use crate::formats::packed::{LayerParams, Residual, Semantics};
+use crate::serve::{check_tokens, Blocks, TableSource};
+use crate::util::error::{Error, Result};
+use candle_core::{DType, Device, Tensor, D};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// A layer's shape and numerical semantics.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct L3Config {
+    pub d_in: usize,
+    pub d_emb: usize,
+    pub d_up: usize,
+    pub semantics: Semantics,
+    /// The learned scale of the add-lambda residual.
+    pub lambda: Option<f32>,
+}
+
+/// How the per-token attention runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// Hand-written CPU kernels (the default on CPU).
+    Kernels,
+    /// candle ops per distinct token (any device).
+    Candle,
+}
+
+fn ce(e: candle_core::Error) -> Error {
+    Error::Other(format!("compute error: {e}"))
+}
+
+/// One L3 layer's dense parameters on a device.
+pub struct L3Layer {
+    pub cfg: L3Config,
+    w_up: Tensor,
+    w_mix: Tensor,
+    norm_in: Option<Tensor>,
+    norm_out: Option<Tensor>,
+    device: Device,
+}
+
+impl L3Layer {
+    /// Build from a VarBuilder holding the tensors named in `names`.
+    pub fn new(cfg: L3Config, vb: &candle_nn::VarBuilder, names: &LayerParams) -> Result<Self> {
+        let get = |shape: &[usize], name: &str| -> Result<Tensor> {
+            vb.get(shape, name)
+                .and_then(|t| t.to_dtype(DType::F32))
+                .map_err(|e| Error::input(format!("tensor {name}: {e}")))
+        };
+        let w_up = get(&[cfg.d_up, cfg.d_emb], &names.w_up)?;
+        let w_mix = get(&[cfg.d_in, cfg.d_up + cfg.d_in], &names.w_mix)?;
+        let (norm_in, norm_out) = if cfg.semantics.norm_weights {
+            let need = |n: &Option<String>| {
+                n.clone().ok_or_else(|| {
+                    Error::input("the config says the norms have weights, but none are named")
+                })
+            };
+            (
+                Some(get(&[cfg.d_in], &need(&names.norm_in)?)?),
+                Some(get(&[cfg.d_up], &need(&names.norm_out)?)?),
+            )
+        } else {
+            (None, None)
+        };
+        Ok(L3Layer {
+            device: vb.device().clone(),
+            cfg,
+            w_up,
+            w_mix,
+            norm_in,
+            norm_out,
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Apply the layer to `hidden` [N, d_in] for tokens `token_ids` [N]; returns [N, d_in].
+    pub fn forward(
+        &self,
+        hidden: &Tensor,
+        token_ids: &[u32],
+        tables: &dyn TableSource,
+    ) -> Result<Tensor> {
+        let backend = if self.device.is_cpu() {
+            Backend::Kernels
+        } else {
+            Backend::Candle
+        };
+        self.forward_with(hidden, token_ids, tables, backend)
+    }
+
+    pub fn forward_with(
+        &self,
+        hidden: &Tensor,
+        token_ids: &[u32],
+        tables: &dyn TableSource,
+        backend: Backend,
+    ) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let dims = hidden.dims();
+        if dims.len() != 2 || dims[1] != cfg.d_in {
+            return Err(Error::input(format!(
+                "hidden states have shape {dims:?}; this layer needs [N, {}]",
+                cfg.d_in
+            )));
+        }
+        if dims[0] != token_ids.len() {
+            return Err(Error::input(format!(
+                "{} hidden states but {} token ids",
+                dims[0],
+                token_ids.len()
+            )));
+        }
+        check_tokens(token_ids, tables.vocab())?;
+        let want_width = if cfg.semantics.tied {
+            cfg.d_in
+        } else {
+            cfg.d_in + cfg.d_emb
+        };
+        if tables.row_width() != want_width {
+            return Err(Error::input(format!(
+                "the tables have rows of {} values; the layer needs {want_width}",
+                tables.row_width()
+            )));
+        }
+        let x = hidden
+            .to_dtype(DType::F32)
+            .and_then(|t| t.to_device(&self.device))
+            .map_err(ce)?;
+        let groups = Groups::new(token_ids);
+        let blocks = tables.gather(&groups.tokens)?;
+        let q = rms_norm(&x, self.norm_in.as_ref(), cfg.semantics.norm_eps).map_err(ce)?;
+        let a = match backend {
+            Backend::Kernels => {
+                let q_host = q
+                    .flatten_all()
+                    .and_then(|t| t.to_vec1::<f32>())
+                    .map_err(ce)?;
+                let a = attend_kernels(cfg, &q_host, &groups, &blocks);
+                Tensor::from_vec(a, (token_ids.len(), cfg.d_emb), &self.device).map_err(ce)?
+            }
+            Backend::Candle => {
+                attend_candle(cfg, &q, &groups, &blocks, &self.device).map_err(ce)?
+            }
+        };
+        self.project(&x, &a).map_err(ce)
+    }
+
+    fn project(&self, x: &Tensor, a: &Tensor) -> candle_core::Result<Tensor> {
+        let u = a.matmul(&self.w_up.t()?)?;
+        let u = rms_norm(&u, self.norm_out.as_ref(), self.cfg.semantics.norm_eps)?;
+        let out = Tensor::cat(&[&u, x], 1)?.matmul(&self.w_mix.t()?)?;
+        match self.cfg.semantics.residual {
+            Residual::Replace => Ok(out),
+            Residual::AddLambda => x + (out * self.cfg.lambda.unwrap_or(1.0) as f64)?,
+        }
+    }
+}
+
+/// RMSNorm over the last dimension, in f32, with an optional weight.
+pub fn rms_norm(x: &Tensor, weight: Option<&Tensor>, eps: f64) -> candle_core::Result<Tensor> {
+    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+    let y = x.broadcast_div(&(ms + eps)?.sqrt()?)?;
+    match weight {
+        Some(w) => y.broadcast_mul(w),
+        None => Ok(y),
+    }
+}
+
+/// Positions grouped by distinct token.
+pub struct Groups {
+    /// Distinct tokens in ascending order.
+    pub tokens: Vec<u32>,
+    /// Positions sorted by token (stable): positions of `tokens[i]` are
+    /// `order[starts[i]..starts[i+1]]`.
+    pub order: Vec<usize>,
+    pub starts: Vec<usize>,
+}
+
+impl Groups {
+    pub fn new(token_ids: &[u32]) -> Groups {
+        let mut order: Vec<usize> = (0..token_ids.len()).collect();
+        order.sort_by_key(|&p| token_ids[p]);
+        let mut tokens = Vec::new();
+        let mut starts = Vec::new();
+        for (i, &p) in order.iter().enumerate() {
+            if tokens.last() != Some(&token_ids[p]) {
+                tokens.push(token_ids[p]);
+                starts.push(i);
+            }
+        }
+        starts.push(order.len());
+        Groups {
+            tokens,
+            order,
+            starts,
+        }
+    }
+}
+
+/// Positions per parallel task: small enough to balance the load of frequent tokens across
+/// cores, large enough that each key row is reused from cache for several queries.
+const SEGMENT: usize = 16;
+
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
+}
+
+#[inline]
+fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
+    for (yi, xi) in y.iter_mut().zip(x) {
+        *yi += alpha * xi;
+    }
+}
+
+/// The attention part on CPU: returns A [N, d_emb] in the original position order.
+fn attend_kernels(cfg: &L3Config, q: &[f32], groups: &Groups, blocks: &Blocks) -> Vec<f32> {
+    let (d_in, d_emb, width) = (cfg.d_in, cfg.d_emb, blocks.row_width);
+    let tied = cfg.semantics.tied;
+    let scale = cfg.semantics.score_scale as f32;
+    let eps = cfg.semantics.norm_eps as f32;
+    let n = groups.order.len();
+    // Work items: (distinct token index, range of sorted positions).
+    let mut segments = Vec::new();
+    for i in 0..groups.tokens.len() {
+        let (s, e) = (groups.starts[i], groups.starts[i + 1]);
+        let mut p = s;
+        while p < e {
+            segments.push((i, p, (p + SEGMENT).min(e)));
+            p += SEGMENT;
+        }
+    }
+    let mut sorted = vec![0f32; n * d_emb];
+    let mut outs: Vec<&mut [f32]> = Vec::with_capacity(segments.len());
+    let mut rest = sorted.as_mut_slice();
+    for &(_, s, e) in &segments {
+        let (head, tail) = rest.split_at_mut((e - s) * d_emb);
+        outs.push(head);
+        rest = tail;
+    }
+    segments
+        .par_iter()
+        .zip(outs.into_par_iter())
+        .for_each(|(&(i, s, e), out)| {
+            let block = blocks.block(i);
+            let rows = block.len() / width;
+            let normed: Option<Vec<f32>> = cfg.semantics.key_norm.then(|| {
+                let mut k = Vec::with_capacity(rows * d_in);
+                for r in 0..rows {
+                    let row = &block[r * width..r * width + d_in];
+                    let inv =
+                        1.0 / (row.iter().map(|v| v * v).sum::<f32>() / d_in as f32 + eps).sqrt();
+                    k.extend(row.iter().map(|v| v * inv));
+                }
+                k
+            });
+            let key = |r: usize| -> &[f32] {
+                match &normed {
+                    Some(k) => &k[r * d_in..(r + 1) * d_in],
+                    None => &block[r * width..r * width + d_in],
+                }
+            };
+            let value = |r: usize| -> &[f32] {
+                if tied {
+                    &block[r * width..r * width + d_in]
+                } else {
+                    &block[r * width + d_in..(r + 1) * width]
+                }
+            };
+            let count = e - s;
+            let mut scores = vec![0f32; count * rows];
+            for r in 0..rows {
+                let k = key(r);
+                for j in 0..count {
+                    let p = groups.order[s + j];
+                    scores[j * rows + r] = scale * dot(k, &q[p * d_in..(p + 1) * d_in]);
+                }
+            }
+            for j in 0..count {
+                let sj = &mut scores[j * rows..(j + 1) * rows];
+                let max = sj.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                let mut sum = 0f32;
+                for v in sj.iter_mut() {
+                    *v = (*v - max).exp();
+                    sum += *v;
+                }
+                for v in sj.iter_mut() {
+                    *v /= sum;
+                }
+            }
+            for r in 0..rows {
+                let v = value(r);
+                for j in 0..count {
+                    axpy(
+                        scores[j * rows + r],
+                        v,
+                        &mut out[j * d_emb..(j + 1) * d_emb],
+                    );
+                }
+            }
+        });
+    // Back to position order.
+    let mut a = vec![0f32; n * d_emb];
+    for (rank, &p) in groups.order.iter().enumerate() {
+        a[p * d_emb..(p + 1) * d_emb].copy_from_slice(&sorted[rank * d_emb..(rank + 1) * d_emb]);
+    }
+    a
+}
+
+/// The attention part with candle ops per distinct token (any device).
+fn attend_candle(
+    cfg: &L3Config,
+    q: &Tensor,
+    groups: &Groups,
+    blocks: &Blocks,
+    device: &Device,
+) -> candle_core::Result<Tensor> {
+    let width = blocks.row_width;
+    let total_rows = blocks.starts.last().copied().unwrap_or(0);
+    let rows = Tensor::from_slice(&blocks.rows, (total_rows, width), device)?;
+    let mut parts = Vec::with_capacity(groups.tokens.len());
+    for i in 0..groups.tokens.len() {
+        let positions: Vec<u32> = groups.order[groups.starts[i]..groups.starts[i + 1]]
+            .iter()
+            .map(|&p| p as u32)
+            .collect();
+        let idx = Tensor::from_vec(positions.clone(), positions.len(), device)?;
+        let qg = q.index_select(&idx, 0)?;
+        let block = rows.narrow(0, blocks.starts[i], blocks.starts[i + 1] - blocks.starts[i])?;
+        let mut k = block.narrow(1, 0, cfg.d_in)?;
+        let v = if cfg.semantics.tied {
+            k.clone()
+        } else {
+            block.narrow(1, cfg.d_in, cfg.d_emb)?
+        };
+        if cfg.semantics.key_norm {
+            k = rms_norm(&k, None, cfg.semantics.norm_eps)?;
+        }
+        let s = (qg.matmul(&k.t()?)? * cfg.semantics.score_scale)?;
+        let s = candle_nn::ops::softmax_last_dim(&s)?;
+        parts.push(s.matmul(&v.contiguous()?)?);
+    }
+    let sorted = Tensor::cat(&parts, 0)?;
+    let mut inverse = vec![0u32; groups.order.len()];
+    for (rank, &p) in groups.order.iter().enumerate() {
+        inverse[p] = rank as u32;
+    }
+    let inv = Tensor::from_vec(inverse, groups.order.len(), device)?;
+    sorted.index_select(&inv, 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_sort_positions_by_token() {
+        let g = Groups::new(&[5, 2, 5, 9, 2]);
+        assert_eq!(g.tokens, vec![2, 5, 9]);
+        assert_eq!(g.order, vec![1, 4, 0, 2, 3]);
+        assert_eq!(g.starts, vec![0, 2, 4, 5]);
+    }
+
+    #[test]
+    fn dot_handles_remainders() {
+        let a: Vec<f32> = (0..19).map(|i| i as f32).collect();
+        let b = vec![1f32; 19];
+        assert_eq!(dot(&a, &b), (0..19).sum::<i32>() as f32);
+    }
+}

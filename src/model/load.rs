@@ -1,0 +1,145 @@
+//! Loading a model's L3 layers, dense parameters on a device plus a table source, from a
+//! packed folder or a source checkpoint: the same layer code runs on both.
+
+use crate::checkpoint::detect::{detect_source, resolve_bounds};
+use crate::checkpoint::{Checkpoint, Dialect};
+use crate::formats::dtype as convert;
+use crate::formats::packed::{LayerParams, PackedModel, TableDtype, CONFIG_FILE, INDEX_FILE};
+use crate::model::{self, L3Config, L3Layer};
+use crate::serve::{PackedStore, SourceTables, TableSource};
+use crate::util::error::Result;
+use candle_core::Device;
+use safetensors::Dtype;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// One loaded L3 layer: dense parameters on a device plus a table source.
+pub struct LoadedLayer {
+    pub name: String,
+    pub layer_id: Option<u32>,
+    pub layer: L3Layer,
+    pub tables: Arc<dyn TableSource>,
+    pub n_emb: u64,
+}
+
+/// A model's L3 layers, from a packed folder or a source checkpoint.
+pub struct LoadedModel {
+    pub layers: Vec<LoadedLayer>,
+    pub vocab: usize,
+    /// The table dtype of a packed model; None for a source checkpoint.
+    pub packed_dtype: Option<TableDtype>,
+    pub source_dtype: Option<Dtype>,
+}
+
+/// Where a source checkpoint's details come from when it is not packed.
+#[derive(Clone, Debug, Default)]
+pub struct SourceOptions {
+    pub dialect: Option<Dialect>,
+    pub map: Option<PathBuf>,
+    pub allocation: Option<PathBuf>,
+}
+
+/// Is `path` a packed l3kit folder?
+pub fn is_packed(path: &Path) -> bool {
+    path.join(INDEX_FILE).is_file()
+        && std::fs::read_to_string(path.join(CONFIG_FILE))
+            .map(|c| c.contains(crate::formats::packed::PACKED_FORMAT))
+            .unwrap_or(false)
+}
+
+pub fn load_packed(dir: &Path, device: &Device) -> Result<LoadedModel> {
+    let model = PackedModel::open(dir)?;
+    let c = &model.config;
+    let mut layers = Vec::new();
+    for (i, l) in c.layers.iter().enumerate() {
+        let cfg = L3Config {
+            d_in: l.d_in as usize,
+            d_emb: l.d_emb as usize,
+            d_up: l.d_up as usize,
+            semantics: c.semantics.clone(),
+            lambda: l.lambda.map(|v| v as f32),
+        };
+        let vb = model::var_builder(&model.shards, &model::param_names(&l.params), device)?;
+        layers.push(LoadedLayer {
+            name: l.name.clone(),
+            layer_id: l.layer_id,
+            layer: L3Layer::new(cfg, &vb, &l.params)?,
+            tables: Arc::new(PackedStore::open(&model, i)?),
+            n_emb: l.n_emb,
+        });
+    }
+    Ok(LoadedModel {
+        layers,
+        vocab: c.vocab_size as usize,
+        packed_dtype: Some(c.dtype),
+        source_dtype: None,
+    })
+}
+
+pub fn load_source(path: &Path, opts: &SourceOptions, device: &Device) -> Result<LoadedModel> {
+    let ckpt = Arc::new(Checkpoint::open(path)?);
+    let (detected, alloc) = detect_source(
+        &ckpt,
+        opts.dialect,
+        opts.map.as_deref(),
+        opts.allocation.as_deref(),
+    )?;
+    let bounds = resolve_bounds(&ckpt, &detected, alloc.as_ref())?;
+    let mut layers = Vec::new();
+    let mut source_dtype = None;
+    for (l, b) in detected.layers.iter().zip(bounds) {
+        let lambda = match &l.lambda {
+            Some((name, index)) => {
+                let info = ckpt.get(name).expect("resolved by detect");
+                let mut v = Vec::new();
+                convert::decode_f32(info.dtype, &ckpt.read_all(name)?, &mut v);
+                v.get(*index).copied()
+            }
+            None => None,
+        };
+        let cfg = L3Config {
+            d_in: l.d_in as usize,
+            d_emb: l.d_emb as usize,
+            d_up: l.d_up as usize,
+            semantics: detected.semantics.clone(),
+            lambda,
+        };
+        let params = LayerParams {
+            w_up: l.w_up.clone(),
+            w_mix: l.w_mix.clone(),
+            norm_in: l.norm_in.clone(),
+            norm_out: l.norm_out.clone(),
+            lambda: l.lambda.clone(),
+        };
+        let vb = model::var_builder(ckpt.as_ref(), &model::param_names(&params), device)?;
+        source_dtype = ckpt.get(&l.keys).map(|t| t.dtype);
+        layers.push(LoadedLayer {
+            name: l.name.clone(),
+            layer_id: l.layer_id,
+            layer: L3Layer::new(cfg, &vb, &params)?,
+            tables: Arc::new(SourceTables::new(
+                ckpt.clone(),
+                &l.keys,
+                l.values.as_deref(),
+                b,
+            )?),
+            n_emb: l.n_emb,
+        });
+    }
+    let vocab = layers[0].tables.vocab();
+    Ok(LoadedModel {
+        layers,
+        vocab,
+        packed_dtype: None,
+        source_dtype,
+    })
+}
+
+/// Load a packed folder or a source checkpoint, whichever `path` is.
+pub fn load(path: &Path, opts: &SourceOptions, device: &Device) -> Result<LoadedModel> {
+    if is_packed(path) {
+        load_packed(path, device)
+    } else {
+        load_source(path, opts, device)
+    }
+}

@@ -214,13 +214,19 @@ fn prefetch_and_raw_gather_serve_the_packed_bytes() {
     store.gather_raw(&tokens, &mut raw).unwrap();
     let expected: Vec<u8> = tokens
         .iter()
-        .flat_map(|&t| store.token_bytes(t).to_vec())
+        .flat_map(|&t| store.token_bytes(t).unwrap().to_vec())
         .collect();
     assert_eq!(raw, expected);
     assert!(
         store.gather(&[64]).is_err(),
         "token id at the vocabulary size"
     );
+    // Out-of-vocabulary ids are errors from every entry point, never an index panic.
+    for t in [64, 1000, u32::MAX] {
+        let e = store.token_bytes(t).unwrap_err().to_string();
+        assert!(e.contains(&format!("token id {t}")), "{e}");
+        assert!(store.gather_raw(&[0, t], &mut raw).is_err());
+    }
 }
 
 fn verify_cmd(f: &Fixture, packed: &Path, extra: &[&str]) -> std::process::Output {

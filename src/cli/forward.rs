@@ -2,6 +2,7 @@
 
 use super::{print_json, source_options, SourceArgs};
 use clap::Args;
+use l3kit::formats::packed::Hashes;
 use l3kit::Result;
 use std::path::PathBuf;
 
@@ -18,6 +19,10 @@ pub(crate) struct ForwardArgs {
     device: String,
     #[arg(long)]
     out: PathBuf,
+    /// Skip re-hashing a packed model's files against its index (its structure is still
+    /// validated). Without it, a corrupted shard is refused before anything runs.
+    #[arg(long)]
+    no_check: bool,
 }
 
 pub(crate) fn cmd_forward(args: ForwardArgs, json: bool) -> Result<()> {
@@ -31,14 +36,25 @@ pub(crate) fn cmd_forward(args: ForwardArgs, json: bool) -> Result<()> {
         &args.inputs,
         &args.out,
         &device,
+        if args.no_check {
+            Hashes::Skip
+        } else {
+            Hashes::Check
+        },
     )?;
     if json {
         print_json(&s);
     } else {
+        let checked = match (s.files_hashed, args.no_check) {
+            (Some(n), _) => format!(", {n} files re-hashed"),
+            (None, true) => ", hashes not checked (--no-check)".to_string(),
+            (None, false) => String::new(),
+        };
         println!(
-            "ran {} L3 layer(s) on {} tokens ({:.3} s): wrote {}",
+            "ran {} L3 layer(s) on {} tokens on {} ({:.3} s{checked}): wrote {}",
             s.layers.len(),
             s.tokens,
+            s.device,
             s.seconds,
             s.out.display()
         );

@@ -34,10 +34,15 @@ pub(crate) fn cmd_inspect(args: InspectArgs, ui: &Ui, json: bool) -> Result<()> 
                 report.files_hashed,
                 human_bytes(report.bytes_hashed as f64)
             );
-        } else {
+        } else if !report.bad_input {
             for p in &report.problems {
                 println!("problem: {p}");
             }
+        }
+        // A folder that cannot be read as a packed model is bad input (exit 2, the reason on
+        // stderr); mismatches the check found exit 1.
+        if report.bad_input {
+            return Err(Error::Input(report.problems.join("; ")));
         }
         if !report.ok() {
             return Err(Error::Check(format!(

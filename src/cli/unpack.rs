@@ -18,27 +18,42 @@ pub(crate) struct UnpackArgs {
     force: bool,
     #[arg(long)]
     out: PathBuf,
+    /// Skip re-hashing the packed files against the index (the structure is still
+    /// validated). Without it, a corrupted shard is refused before anything is written.
+    #[arg(long)]
+    no_check: bool,
 }
 
 pub(crate) fn cmd_unpack(args: UnpackArgs, ui: &Ui, json: bool) -> Result<()> {
-    let summary = pack::unpack::unpack(
+    let hashes = if args.no_check {
+        pack::unpack::Hashes::Skip
+    } else {
+        pack::unpack::Hashes::Check
+    };
+    let summary = pack::unpack::unpack_with(
         &pack::unpack::UnpackOptions {
             dir: args.dir,
             out: args.out,
             force: args.force,
             max_shard_size: args.max_shard_size,
         },
+        hashes,
         ui,
     )?;
     if json {
         print_json(&summary);
     } else {
         println!(
-            "unpacked {} tensors ({}) into {}: {}",
+            "unpacked {} tensors ({}) into {}: {}{}",
             summary.tensors,
             human_bytes(summary.bytes as f64),
             summary.out.display(),
-            summary.files.join(", ")
+            summary.files.join(", "),
+            if args.no_check {
+                " (hashes not checked: --no-check)"
+            } else {
+                ""
+            }
         );
     }
     Ok(())

@@ -22,7 +22,8 @@ pub(crate) struct VerifyArgs {
     /// Draw random token ids from this profile's unigram distribution (default: uniform).
     #[arg(long)]
     profile: Option<PathBuf>,
-    /// Random inputs: how many tokens.
+    /// Random inputs: how many tokens (1 to 16777216, and at most what fits in about 4 GiB of
+    /// working memory; see docs/verify.md).
     #[arg(long, default_value_t = 1024)]
     tokens: usize,
     #[arg(long, default_value_t = 0)]
@@ -67,26 +68,74 @@ pub(crate) fn cmd_verify(args: VerifyArgs, ui: &Ui, json: bool) -> Result<()> {
             report.device
         );
         for l in &report.layers {
-            println!(
-                "  {} {}: max abs {:.3e}, relative L2 {:.3e} (tolerance {:.1e}), cosine {:.7}, worst token {} at position {}",
+            let figure = |max_abs: f64, rel: f64, cos: f64| {
+                format!("max abs {max_abs:.3e}, relative L2 {rel:.3e}, cosine {cos:.7}")
+            };
+            let what = if l.measured == "delta" {
+                "delta (the layer's output before the residual)"
+            } else {
+                "output"
+            };
+            let mut line = format!(
+                "  {} {}: {what}: {} (tolerance {:.1e})",
                 if l.passed { "ok  " } else { "FAIL" },
                 l.name,
-                l.max_abs_error,
-                l.relative_l2_error,
-                l.tolerance,
-                l.cosine_similarity,
-                l.worst_token,
-                l.worst_position
+                figure(l.max_abs_error, l.relative_l2_error, l.cosine_similarity),
+                l.tolerance
             );
+            if let (Some(t), Some(p)) = (l.worst_token, l.worst_position) {
+                line.push_str(&format!(", worst token {t} at position {p}"));
+            }
+            println!("{line}");
+            if let Some(r) = &l.after_residual {
+                println!(
+                    "       after the residual (x + lambda * delta): {}",
+                    figure(r.max_abs_error, r.relative_l2_error, r.cosine_similarity)
+                );
+            }
+            if l.nonfinite_source + l.nonfinite_packed > 0 {
+                let agree = match l.first_nonfinite_mismatch {
+                    None => "all at the same positions with the same values, compared as equal"
+                        .to_string(),
+                    Some(p) => format!(
+                        "{} values differ in finiteness, the first at position {p}",
+                        l.nonfinite_mismatches
+                    ),
+                };
+                println!(
+                    "       non-finite values (NaN/Inf): {} in the source's output, {} in the \
+                     packed output; {agree}",
+                    l.nonfinite_source, l.nonfinite_packed
+                );
+            }
         }
         println!("{}", if report.passed { "passed" } else { "FAILED" });
     }
     if report.passed {
         Ok(())
     } else {
+        let failed: Vec<String> = report
+            .layers
+            .iter()
+            .filter(|l| !l.passed)
+            .map(|l| {
+                if l.nonfinite_mismatches > 0 {
+                    format!(
+                        "{}: {} values are NaN/Inf on one side only",
+                        l.name, l.nonfinite_mismatches
+                    )
+                } else {
+                    format!(
+                        "{}: relative L2 {:.3e} > {:.1e}",
+                        l.name, l.relative_l2_error, l.tolerance
+                    )
+                }
+            })
+            .collect();
         Err(Error::Check(format!(
-            "{}: outputs differ from the source beyond the tolerance",
-            args.packed.display()
+            "{}: outputs differ from the source beyond the tolerance ({})",
+            args.packed.display(),
+            failed.join("; ")
         )))
     }
 }

@@ -63,72 +63,109 @@ mod table_dtype_tests {
     }
 }
 
-/// Bytes per element of a float dtype l3kit converts, or None.
-pub fn float_size(dtype: Dtype) -> Option<usize> {
-    match dtype {
-        Dtype::F32 => Some(4),
-        Dtype::BF16 | Dtype::F16 => Some(2),
-        Dtype::F64 => Some(8),
-        _ => None,
+/// A float dtype l3kit decodes. Decoding takes this type rather than a safetensors [`Dtype`],
+/// so a tensor of integers can never reach a decoder: the caller has to turn the file's dtype
+/// into a `FloatDtype` first, which fails with a message instead of a panic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FloatDtype {
+    F32,
+    Bf16,
+    F16,
+    F64,
+}
+
+impl FloatDtype {
+    /// The float dtype of a safetensors dtype, or None for integers, bools and the 8-bit floats.
+    pub fn of(dtype: Dtype) -> Option<FloatDtype> {
+        match dtype {
+            Dtype::F32 => Some(FloatDtype::F32),
+            Dtype::BF16 => Some(FloatDtype::Bf16),
+            Dtype::F16 => Some(FloatDtype::F16),
+            Dtype::F64 => Some(FloatDtype::F64),
+            _ => None,
+        }
+    }
+
+    pub fn dtype(self) -> Dtype {
+        match self {
+            FloatDtype::F32 => Dtype::F32,
+            FloatDtype::Bf16 => Dtype::BF16,
+            FloatDtype::F16 => Dtype::F16,
+            FloatDtype::F64 => Dtype::F64,
+        }
+    }
+
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            FloatDtype::F32 => 4,
+            FloatDtype::Bf16 | FloatDtype::F16 => 2,
+            FloatDtype::F64 => 8,
+        }
     }
 }
 
-/// Decode little-endian floats of `dtype` into `out` (appended).
-pub fn decode_f32(dtype: Dtype, bytes: &[u8], out: &mut Vec<f32>) {
+/// Bytes per element of a float dtype l3kit converts, or None.
+pub fn float_size(dtype: Dtype) -> Option<usize> {
+    FloatDtype::of(dtype).map(FloatDtype::size)
+}
+
+/// Decode little-endian floats of `dtype` into `out` (appended). Trailing bytes that do not
+/// fill an element are ignored.
+pub fn decode_f32(dtype: FloatDtype, bytes: &[u8], out: &mut Vec<f32>) {
+    out.reserve(bytes.len() / dtype.size());
     match dtype {
-        Dtype::F32 => out.extend(
+        FloatDtype::F32 => out.extend(
             bytes
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
         ),
-        Dtype::BF16 => out.extend(
+        FloatDtype::Bf16 => out.extend(
             bytes
                 .chunks_exact(2)
                 .map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()),
         ),
-        Dtype::F16 => out.extend(
+        FloatDtype::F16 => out.extend(
             bytes
                 .chunks_exact(2)
                 .map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32()),
         ),
-        Dtype::F64 => out.extend(
-            bytes
-                .chunks_exact(8)
-                .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32),
-        ),
-        other => unreachable!("decode_f32 called with non-float dtype {other:?}"),
+        FloatDtype::F64 => {
+            out.extend(bytes.chunks_exact(8).map(|c| {
+                f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32
+            }))
+        }
     }
 }
 
-/// Decode little-endian floats of `dtype` into `dst`, which holds exactly as many values.
-/// The slice form lets the compiler vectorise the conversion (a shift for bf16).
-pub fn decode_into(dtype: Dtype, bytes: &[u8], dst: &mut [f32]) {
+/// Decode little-endian floats of `dtype` into `dst`; decodes `min(dst.len(), elements in
+/// bytes)` values. The slice form lets the compiler vectorise the conversion (a shift for bf16).
+pub fn decode_into(dtype: FloatDtype, bytes: &[u8], dst: &mut [f32]) {
     match dtype {
-        Dtype::F32 => {
+        FloatDtype::F32 => {
             for (d, c) in dst.iter_mut().zip(bytes.chunks_exact(4)) {
                 *d = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
             }
         }
-        Dtype::BF16 => {
+        FloatDtype::Bf16 => {
             for (d, c) in dst.iter_mut().zip(bytes.chunks_exact(2)) {
                 *d = f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16);
             }
         }
-        Dtype::F16 => {
+        FloatDtype::F16 => {
             for (d, c) in dst.iter_mut().zip(bytes.chunks_exact(2)) {
                 *d = half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32();
             }
         }
-        Dtype::F64 => {
+        FloatDtype::F64 => {
             for (d, c) in dst.iter_mut().zip(bytes.chunks_exact(8)) {
-                *d = f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32;
+                *d = f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32;
             }
         }
-        other => unreachable!("decode_into called with non-float dtype {other:?}"),
     }
 }
 
-/// Encode floats as `dtype` (F32, BF16 or F16), appended to `out`.
+/// Encode floats as `dtype` (F32, BF16, F16 or F64), appended to `out`.
 pub fn encode_f32(dtype: Dtype, values: &[f32], out: &mut Vec<u8>) {
     match dtype {
         Dtype::F32 => {
@@ -144,6 +181,12 @@ pub fn encode_f32(dtype: Dtype, values: &[f32], out: &mut Vec<u8>) {
         Dtype::F16 => {
             for v in values {
                 out.extend_from_slice(&half::f16::from_f32(*v).to_bits().to_le_bytes());
+            }
+        }
+        // `unpack` restores f64 sources, which `pack` stored as f32.
+        Dtype::F64 => {
+            for v in values {
+                out.extend_from_slice(&(*v as f64).to_le_bytes());
             }
         }
         other => unreachable!("encode_f32 called with {other:?}"),
@@ -185,7 +228,8 @@ pub fn count_nonfinite(dtype: Dtype, bytes: &[u8]) -> (u64, Option<usize>) {
         }
         Dtype::F64 => {
             for (i, c) in bytes.chunks_exact(8).enumerate() {
-                if !f64::from_le_bytes(c.try_into().expect("8 bytes")).is_finite() {
+                let v = f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+                if !v.is_finite() {
                     note(i);
                 }
             }
@@ -264,7 +308,7 @@ mod tests {
         let mut bytes = Vec::new();
         encode_f32(Dtype::BF16, &vals, &mut bytes);
         let mut back = Vec::new();
-        decode_f32(Dtype::BF16, &bytes, &mut back);
+        decode_f32(FloatDtype::Bf16, &bytes, &mut back);
         assert_eq!(back, vals);
     }
 
@@ -279,15 +323,36 @@ mod tests {
     #[test]
     fn decode_into_matches_decode() {
         let vals = [1.5f32, -2.25, 3.0e-5, 65504.0];
-        for dtype in [Dtype::F32, Dtype::BF16, Dtype::F16] {
+        for dtype in [
+            FloatDtype::F32,
+            FloatDtype::Bf16,
+            FloatDtype::F16,
+            FloatDtype::F64,
+        ] {
             let mut bytes = Vec::new();
-            encode_f32(dtype, &vals, &mut bytes);
+            encode_f32(dtype.dtype(), &vals, &mut bytes);
+            assert_eq!(bytes.len(), vals.len() * dtype.size());
             let mut a = Vec::new();
             decode_f32(dtype, &bytes, &mut a);
             let mut b = vec![0f32; vals.len()];
             decode_into(dtype, &bytes, &mut b);
             assert_eq!(a, b, "{dtype:?}");
         }
+    }
+
+    #[test]
+    fn only_float_dtypes_decode() {
+        for d in [Dtype::I32, Dtype::I64, Dtype::U8, Dtype::I8, Dtype::BOOL] {
+            assert_eq!(FloatDtype::of(d), None, "{d:?}");
+            assert_eq!(float_size(d), None);
+        }
+        // Short or ragged input decodes what fits and never reads past the end.
+        let mut out = Vec::new();
+        decode_f32(FloatDtype::F32, &[0, 0, 128, 63, 1, 2], &mut out);
+        assert_eq!(out, vec![1.0]);
+        let mut dst = [7f32; 3];
+        decode_into(FloatDtype::F64, &[0; 12], &mut dst);
+        assert_eq!(dst, [0.0, 7.0, 7.0]);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! shard rather than through a memory map: packing a 10 GB checkpoint streams through it, and
 //! touched mmap pages would count toward the process's resident memory.
 
+use crate::formats::dtype::FloatDtype;
 use crate::util::error::{Error, IoContext, Result};
 use crate::util::json::json_kind;
 use safetensors::Dtype;
@@ -39,6 +40,20 @@ impl TensorInfo {
     /// Size of the tensor's data in bytes.
     pub fn byte_len(&self) -> usize {
         self.numel() * self.dtype.bitsize() / 8
+    }
+
+    /// The tensor's dtype as a float dtype to decode, or an error naming the file and the
+    /// tensor when it holds something else (integers, bools, 8-bit floats).
+    pub fn float_dtype(&self) -> Result<FloatDtype> {
+        FloatDtype::of(self.dtype).ok_or_else(|| {
+            Error::in_file(
+                &self.file,
+                format!(
+                    "tensor {} has dtype {:?}; expected floats (F32, BF16, F16 or F64)",
+                    self.name, self.dtype
+                ),
+            )
+        })
     }
 }
 
@@ -373,7 +388,7 @@ pub struct OpenSafetensors {
 
 impl OpenSafetensors {
     pub fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path).with_path(path)?;
+        let file = crate::util::fs::open_regular(path)?;
         let header = read_safetensors_header(path, &file)?;
         Ok(OpenSafetensors {
             path: path.to_path_buf(),
@@ -395,6 +410,27 @@ impl OpenSafetensors {
                 self.header.data_start + t.begin,
             )
         })
+    }
+
+    /// Map the opened file read-only. The map is of the descriptor whose header was
+    /// validated, so a path swapped after the open changes nothing; a file shorter than the
+    /// validated header says is refused.
+    pub fn map(&self) -> Result<memmap2::Mmap> {
+        // SAFETY: a read-only map of a file l3kit never writes; a concurrent truncation by
+        // another process is the usual mmap caveat.
+        let map = unsafe { memmap2::Mmap::map(&self.file) }.with_path(&self.path)?;
+        let want = self.header.data_start + self.header.data_len;
+        if (map.len() as u64) < want {
+            return Err(Error::in_file(
+                &self.path,
+                format!(
+                    "is {} bytes, fewer than the {want} its header was read with: the file \
+                     changed after it was opened",
+                    map.len()
+                ),
+            ));
+        }
+        Ok(map)
     }
 
     /// Fill `out` from absolute file offset `offset`; `name` is for the message.

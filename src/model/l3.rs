@@ -109,6 +109,34 @@ impl L3Layer {
         self.forward_with(hidden, token_ids, tables, backend)
     }
 
+    /// The layer's own output `W_mix [u ; x]` for `hidden` [N, d_in], before any residual:
+    /// under the add-lambda residual the hidden state becomes `x + lambda * delta`. `verify`
+    /// measures packing errors on this, since adding `x` back dilutes them.
+    pub fn forward_delta(
+        &self,
+        hidden: &Tensor,
+        token_ids: &[u32],
+        tables: &dyn TableSource,
+    ) -> Result<Tensor> {
+        // The residual is the layer's last step, so its delta is the output of the same layer
+        // with the replace residual (the tensors are shared, not copied).
+        let own = L3Layer {
+            cfg: L3Config {
+                semantics: Semantics {
+                    residual: Residual::Replace,
+                    ..self.cfg.semantics.clone()
+                },
+                ..self.cfg.clone()
+            },
+            w_up: self.w_up.clone(),
+            w_mix: self.w_mix.clone(),
+            norm_in: self.norm_in.clone(),
+            norm_out: self.norm_out.clone(),
+            device: self.device.clone(),
+        };
+        own.forward(hidden, token_ids, tables)
+    }
+
     pub fn forward_with(
         &self,
         hidden: &Tensor,

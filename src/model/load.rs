@@ -7,7 +7,8 @@ use crate::formats::dtype as convert;
 use crate::formats::packed::{LayerParams, PackedModel, TableDtype, CONFIG_FILE, INDEX_FILE};
 use crate::model::{self, L3Config, L3Layer};
 use crate::serve::{PackedStore, SourceTables, TableSource};
-use crate::util::error::Result;
+use crate::util::error::{Error, Result};
+use crate::util::fs::{limits, read_small};
 use candle_core::Device;
 use safetensors::Dtype;
 use std::path::{Path, PathBuf};
@@ -39,19 +40,37 @@ pub struct SourceOptions {
     pub allocation: Option<PathBuf>,
 }
 
-/// Is `path` a packed l3kit folder?
+/// Is `path` a packed l3kit folder? This only picks the reader; the packed reader validates.
+/// A folder with an index whose `config.json` cannot be read (a FIFO, a device, too large) is
+/// handed to the packed reader too, so that the error names the file and what it is.
 pub fn is_packed(path: &Path) -> bool {
-    path.join(INDEX_FILE).is_file()
-        && std::fs::read_to_string(path.join(CONFIG_FILE))
-            .map(|c| c.contains(crate::formats::packed::PACKED_FORMAT))
-            .unwrap_or(false)
+    let (index, config) = (path.join(INDEX_FILE), path.join(CONFIG_FILE));
+    if std::fs::symlink_metadata(&index).is_err() {
+        return false;
+    }
+    let marked = |p: &Path| {
+        read_small(p, limits::CONFIG, "a config file").map(|bytes| {
+            let mark = crate::formats::packed::PACKED_FORMAT.as_bytes();
+            bytes.windows(mark.len()).any(|w| w == mark)
+        })
+    };
+    match marked(&config) {
+        Ok(true) => true,
+        Ok(false) => false,
+        Err(_) => std::fs::symlink_metadata(&config).is_ok(),
+    }
 }
 
 pub fn load_packed(dir: &Path, device: &Device) -> Result<LoadedModel> {
-    let model = PackedModel::open(dir)?;
+    load_packed_model(&PackedModel::open(dir)?, device)
+}
+
+/// Load the layers of a packed model that is already open (and validated by opening).
+pub fn load_packed_model(model: &PackedModel, device: &Device) -> Result<LoadedModel> {
     let c = &model.config;
     let mut layers = Vec::new();
     for (i, l) in c.layers.iter().enumerate() {
+        // These sizes were checked against the tensors present when the model was opened.
         let cfg = L3Config {
             d_in: l.d_in as usize,
             d_emb: l.d_emb as usize,
@@ -64,7 +83,7 @@ pub fn load_packed(dir: &Path, device: &Device) -> Result<LoadedModel> {
             name: l.name.clone(),
             layer_id: l.layer_id,
             layer: L3Layer::new(cfg, &vb, &l.params)?,
-            tables: Arc::new(PackedStore::open(&model, i)?),
+            tables: Arc::new(PackedStore::open(model, i)?),
             n_emb: l.n_emb,
         });
     }
@@ -90,10 +109,24 @@ pub fn load_source(path: &Path, opts: &SourceOptions, device: &Device) -> Result
     for (l, b) in detected.layers.iter().zip(bounds) {
         let lambda = match &l.lambda {
             Some((name, index)) => {
-                let info = ckpt.get(name).expect("resolved by detect");
+                let info = ckpt.get(name).ok_or_else(|| {
+                    Error::in_file(ckpt.path(), format!("missing lambdas tensor {name}"))
+                })?;
+                // Checked before reading: a tensor of integers is an error, not a decode.
+                let dtype = info.float_dtype()?;
                 let mut v = Vec::new();
-                convert::decode_f32(info.dtype, &ckpt.read_all(name)?, &mut v);
-                v.get(*index).copied()
+                convert::decode_f32(dtype, &ckpt.read_all(name)?, &mut v);
+                let value = v.get(*index).copied().ok_or_else(|| {
+                    Error::in_file(
+                        &info.file,
+                        format!(
+                            "tensor {name} holds {} lambdas; layer {} needs element {index}",
+                            v.len(),
+                            l.name
+                        ),
+                    )
+                })?;
+                Some(value)
             }
             None => None,
         };
@@ -126,7 +159,10 @@ pub fn load_source(path: &Path, opts: &SourceOptions, device: &Device) -> Result
             n_emb: l.n_emb,
         });
     }
-    let vocab = layers[0].tables.vocab();
+    let vocab = layers
+        .first()
+        .map(|l| l.tables.vocab())
+        .ok_or_else(|| Error::in_file(path, "has no L3 layers"))?;
     Ok(LoadedModel {
         layers,
         vocab,

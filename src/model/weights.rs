@@ -23,15 +23,11 @@ pub fn var_builder(
         let info = ckpt
             .tensor(name)
             .ok_or_else(|| Error::in_file(ckpt.origin(), format!("missing tensor {name}")))?;
-        if convert::float_size(info.dtype).is_none() {
-            return Err(Error::in_file(
-                ckpt.origin(),
-                format!("tensor {name} has dtype {:?}; expected floats", info.dtype),
-            ));
-        }
+        // The dtype is checked before the bytes are read: integers never reach the decoder.
+        let dtype = info.float_dtype()?;
         let bytes = ckpt.read_all(name)?;
         let mut values = Vec::with_capacity(info.numel());
-        convert::decode_f32(info.dtype, &bytes, &mut values);
+        convert::decode_f32(dtype, &bytes, &mut values);
         let t = Tensor::from_vec(values, info.shape.clone(), device).map_err(ce)?;
         map.insert(name.to_string(), t);
     }

@@ -382,7 +382,7 @@ pub fn pack(opts: &PackOptions, ui: &Ui) -> Result<PackSummary> {
                     sink.send(buf.clone())?;
                 } else {
                     floats.clear();
-                    convert::decode_f32(info.dtype, &buf, &mut floats);
+                    convert::decode_f32(info.float_dtype()?, &buf, &mut floats);
                     let mut out = Vec::with_capacity(floats.len() * 4);
                     convert::encode_f32(planned.dtype, &floats, &mut out);
                     sink.send(out)?;
@@ -508,9 +508,9 @@ pub fn pack(opts: &PackOptions, ui: &Ui) -> Result<PackSummary> {
                 } else {
                     kf.clear();
                     vf.clear();
-                    convert::decode_f32(src, &kbuf, &mut kf);
+                    convert::decode_f32(keys.float_dtype()?, &kbuf, &mut kf);
                     if val_w > 0 {
-                        convert::decode_f32(src, &vbuf, &mut vf);
+                        convert::decode_f32(keys.float_dtype()?, &vbuf, &mut vf);
                     }
                     for r in 0..n {
                         let parts: [&[f32]; 2] = [
@@ -528,9 +528,9 @@ pub fn pack(opts: &PackOptions, ui: &Ui) -> Result<PackSummary> {
                                 let s = convert::quantise_int8(part, &mut out);
                                 scales.extend_from_slice(&s.to_le_bytes());
                                 convert::dequantise_int8(&out[start..], s, &mut back);
-                            } else {
+                            } else if let Some(f) = convert::FloatDtype::of(out_dtype) {
                                 convert::encode_f32(out_dtype, part, &mut out);
-                                convert::decode_f32(out_dtype, &out[start..], &mut back);
+                                convert::decode_f32(f, &out[start..], &mut back);
                             }
                             stats.add(part, &back);
                         }
@@ -595,7 +595,7 @@ pub fn pack(opts: &PackOptions, ui: &Ui) -> Result<PackSummary> {
                 let info = ckpt.get(name).expect("resolved");
                 let bytes = ckpt.read_all(name)?;
                 let mut vals = Vec::new();
-                convert::decode_f32(info.dtype, &bytes, &mut vals);
+                convert::decode_f32(info.float_dtype()?, &bytes, &mut vals);
                 vals.get(*index).map(|v| *v as f64)
             }
             None => None,

@@ -3,12 +3,15 @@
 
 use super::{FileSink, Planned, COMPANION_FILES};
 use crate::formats::allocation::{Allocation, AllocationMeta};
-use crate::formats::dtype as convert;
-use crate::formats::packed::{PackedLayer, TableDtype};
+use crate::formats::dtype::{self as convert, FloatDtype};
+use crate::formats::packed::reader::inside_folder;
+pub use crate::formats::packed::Hashes;
+use crate::formats::packed::{open_checked, PackedLayer, TableDtype};
 use crate::formats::packed::{PackedModel, CONFIG_FILE, INDEX_FILE};
 use crate::formats::safetensors::TensorReader;
 use crate::util::atomic_file::StagingDir;
 use crate::util::error::{Error, IoContext, Result};
+use crate::util::fs::{check_output, open_regular, OutputKind};
 use crate::util::progress::Ui;
 use crate::util::safetensors_file as st;
 use safetensors::Dtype;
@@ -40,22 +43,29 @@ enum Origin {
     Bounds(usize),
 }
 
-fn parse_dtype(name: &str) -> Result<Dtype> {
-    Ok(match name {
-        "F32" => Dtype::F32,
-        "BF16" => Dtype::BF16,
-        "F16" => Dtype::F16,
-        "F64" => Dtype::F64,
-        other => {
-            return Err(Error::input(format!(
-                "source table dtype {other} is not supported"
-            )))
-        }
-    })
+/// The float dtype of a layer's source tables (validated when the model was opened).
+fn source_dtype(model: &PackedModel, layer: &PackedLayer) -> Result<FloatDtype> {
+    crate::formats::safetensors::parse_dtype(&layer.source.dtype)
+        .and_then(FloatDtype::of)
+        .ok_or_else(|| {
+            Error::in_file(
+                &model.dir.join(CONFIG_FILE),
+                format!(
+                    "layer {}: source table dtype {} is not supported",
+                    layer.name, layer.source.dtype
+                ),
+            )
+        })
 }
 
+/// Rebuild the checkpoint, after checking every hash of the packed folder.
 pub fn unpack(opts: &UnpackOptions, ui: &Ui) -> Result<UnpackSummary> {
-    let model = PackedModel::open(&opts.dir)?;
+    unpack_with(opts, Hashes::Check, ui)
+}
+
+pub fn unpack_with(opts: &UnpackOptions, hashes: Hashes, ui: &Ui) -> Result<UnpackSummary> {
+    check_output(&opts.out, &[&opts.dir], OutputKind::Folder, "--out")?;
+    let (model, _) = open_checked(&opts.dir, hashes, ui)?;
     let staging = StagingDir::create(&opts.out, opts.force)?;
     let c = &model.config;
     let mut packed_names = std::collections::BTreeSet::new();
@@ -82,7 +92,7 @@ pub fn unpack(opts: &UnpackOptions, ui: &Ui) -> Result<UnpackSummary> {
         }
     }
     for (i, l) in c.layers.iter().enumerate() {
-        let dtype = parse_dtype(&l.source.dtype)?;
+        let dtype = source_dtype(&model, l)?.dtype();
         planned.push((
             Planned {
                 name: l.source.keys.clone(),
@@ -155,11 +165,7 @@ pub fn unpack(opts: &UnpackOptions, ui: &Ui) -> Result<UnpackSummary> {
         for (p, origin) in shard {
             match origin {
                 Origin::Copy(src) => {
-                    let len = model
-                        .shards
-                        .get(src)
-                        .expect("listed by the shards")
-                        .byte_len();
+                    let len = p.bytes();
                     let mut pos = 0;
                     while pos < len {
                         let step = (8 << 20).min(len - pos);
@@ -194,12 +200,8 @@ pub fn unpack(opts: &UnpackOptions, ui: &Ui) -> Result<UnpackSummary> {
         std::fs::write(&p, serde_json::to_vec_pretty(&index).expect("serialises")).with_path(&p)?;
         files.push(INDEX_FILE.to_string());
     }
-    // The model's own config.json, without the l3 section.
-    let config_src = opts.dir.join(CONFIG_FILE);
-    let config: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&config_src).with_path(&config_src)?)
-            .map_err(|e| Error::in_file(&config_src, format!("not valid JSON: {e}")))?;
-    if let serde_json::Value::Object(mut m) = config {
+    // The model's own config.json (as the reader validated it), without the l3 section.
+    if let serde_json::Value::Object(mut m) = model.config_json.clone() {
         m.remove("l3");
         if !m.is_empty() {
             let p = staging_path(&staging, CONFIG_FILE);
@@ -209,11 +211,17 @@ pub fn unpack(opts: &UnpackOptions, ui: &Ui) -> Result<UnpackSummary> {
     }
     for name in COMPANION_FILES {
         let src = opts.dir.join(name);
-        if src.is_file() {
-            let dst = staging_path(&staging, name);
-            std::fs::copy(&src, &dst).with_path(&src)?;
-            files.push(name.to_string());
+        if std::fs::symlink_metadata(&src).is_err() {
+            continue;
         }
+        // A companion that is a link out of the folder, a FIFO or a device is refused, not
+        // copied (or waited on).
+        inside_folder(&opts.dir, &src)?;
+        let mut from = open_regular(&src)?;
+        let dst = staging_path(&staging, name);
+        let mut to = std::fs::File::create(&dst).with_path(&dst)?;
+        std::io::copy(&mut from, &mut to).with_path(&src)?;
+        files.push(name.to_string());
     }
     // A dialect that keeps the allocation outside the checkpoint gets it back as a file.
     if c.layers.iter().all(|l| l.source.bounds.is_none()) {
@@ -259,10 +267,10 @@ fn write_table(
 ) -> Result<()> {
     let c = &model.config;
     let packed = match c.dtype {
-        TableDtype::F32 => Dtype::F32,
-        TableDtype::Bf16 => Dtype::BF16,
-        TableDtype::F16 => Dtype::F16,
-        TableDtype::Int8 => Dtype::I8,
+        TableDtype::F32 => Some(FloatDtype::F32),
+        TableDtype::Bf16 => Some(FloatDtype::Bf16),
+        TableDtype::F16 => Some(FloatDtype::F16),
+        TableDtype::Int8 => None,
     };
     let elem = c.dtype.value_bytes() as usize;
     let width = layer.row_width as usize;
@@ -285,7 +293,7 @@ fn write_table(
                 .shards
                 .read_range(&part.rows, r * row_bytes, n * row_bytes, &mut buf)?;
             let mut out = Vec::with_capacity(n * cols * out_dtype.bitsize() / 8);
-            if packed == out_dtype {
+            if packed.map(FloatDtype::dtype) == Some(out_dtype) {
                 for i in 0..n {
                     let s = i * row_bytes + col0 * elem;
                     out.extend_from_slice(&buf[s..s + cols * elem]);
@@ -311,11 +319,11 @@ fn write_table(
                     convert::dequantise_int8(&buf[s..s + cols], scale, &mut floats);
                     convert::encode_f32(out_dtype, &floats, &mut out);
                 }
-            } else {
+            } else if let Some(from) = packed {
                 for i in 0..n {
                     floats.clear();
                     let s = i * row_bytes + col0 * elem;
-                    convert::decode_f32(packed, &buf[s..s + cols * elem], &mut floats);
+                    convert::decode_f32(from, &buf[s..s + cols * elem], &mut floats);
                     convert::encode_f32(out_dtype, &floats, &mut out);
                 }
             }

@@ -2,21 +2,21 @@
 //! (token, layer), converted to f32 (int8 dequantised) on the way.
 
 use super::{check_tokens, per_token_slices, staging, Blocks, TableSource};
-use crate::formats::dtype::{self as convert, TableDtype};
+use crate::formats::dtype::{self as convert, FloatDtype, TableDtype};
 use crate::formats::packed::{PackedConfig, PackedModel};
-use crate::util::error::{Error, IoContext, Result};
+use crate::util::error::{Error, Result};
 use rayon::prelude::*;
-use safetensors::Dtype;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// One part file of a packed layer, memory-mapped.
 struct MappedPart {
-    token_start: u64,
     token_end: u64,
     row_start: u64,
+    path: PathBuf,
     map: Arc<memmap2::Mmap>,
     rows_at: usize,
+    /// Where the part's scales start in the map: int8 only.
     scales_at: Option<usize>,
 }
 
@@ -31,50 +31,57 @@ pub struct PackedStore {
 }
 
 impl PackedStore {
-    /// Map every part of layer `layer` of a packed model.
+    /// Map every part of layer `layer` of a packed model. The model's opening validated every
+    /// part's tensors and offsets; the maps are of the same descriptors whose headers were
+    /// read, and each tensor's byte range is checked against its map once here, so serving a
+    /// token never indexes outside a map.
     pub fn open(model: &PackedModel, layer: usize) -> Result<PackedStore> {
         let c: &PackedConfig = &model.config;
         let l = c
             .layers
             .get(layer)
             .ok_or_else(|| Error::input(format!("the packed model has no L3 layer {layer}")))?;
+        let row_bytes = (l.row_width * c.dtype.value_bytes()) as usize;
+        let scale_bytes = if c.semantics.tied { 4 } else { 8 };
         let mut parts = Vec::new();
         for p in &l.parts {
-            let path = model.dir.join(&p.file);
-            let file = std::fs::File::open(&path).with_path(&path)?;
-            // SAFETY: read-only map of a file l3kit does not modify; a concurrent truncation
-            // by another process is the usual mmap caveat.
-            let map = unsafe { memmap2::Mmap::map(&file) }.with_path(&path)?;
-            let st = safetensors::SafeTensors::deserialize(&map)
-                .map_err(|e| Error::in_file(&path, format!("not a valid safetensors file: {e}")))?;
-            let at = |name: &str, dtype: Dtype, len: usize| -> Result<usize> {
-                let view = st
-                    .tensor(name)
-                    .map_err(|_| Error::in_file(&path, format!("missing tensor {name}")))?;
-                if view.dtype() != dtype || view.data().len() != len {
-                    return Err(Error::in_file(
-                        &path,
-                        format!("tensor {name} does not match the packed config"),
-                    ));
-                }
-                Ok(view.data().as_ptr() as usize - map.as_ptr() as usize)
-            };
+            let shard = model
+                .shards
+                .file_of(&p.rows)
+                .and_then(|f| model.shards.file(f))
+                .ok_or_else(|| {
+                    Error::in_file(&model.dir, format!("no shard holds tensor {}", p.rows))
+                })?;
+            let map = shard.map()?;
             let n_rows = (p.row_end - p.row_start) as usize;
-            let rows_at = at(
-                &p.rows,
-                packed_dtype(c.dtype),
-                n_rows * l.row_width as usize * c.dtype.value_bytes() as usize,
-            )?;
-            let scale_parts = if c.semantics.tied { 1 } else { 2 };
-            let scales_at = match &p.scales {
-                Some(s) => Some(at(s, Dtype::F32, n_rows * scale_parts * 4)?),
-                None => None,
+            let place = |name: &str, len: usize| -> Result<usize> {
+                let at = model.shards.data_offset(name).unwrap_or(u64::MAX);
+                match usize::try_from(at)
+                    .ok()
+                    .filter(|a| a.checked_add(len).is_some_and(|end| end <= map.len()))
+                {
+                    Some(a) => Ok(a),
+                    None => Err(Error::in_file(
+                        &shard.path,
+                        format!("tensor {name} does not lie inside the file"),
+                    )),
+                }
             };
-            drop(st);
+            let rows_at = place(&p.rows, n_rows * row_bytes)?;
+            let scales_at = match (&p.scales, c.dtype) {
+                (Some(s), TableDtype::Int8) => Some(place(s, n_rows * scale_bytes)?),
+                (None, TableDtype::Int8) => {
+                    return Err(Error::in_file(
+                        &shard.path,
+                        format!("int8 rows {} have no scales", p.rows),
+                    ))
+                }
+                _ => None,
+            };
             parts.push(MappedPart {
-                token_start: p.token_start,
                 token_end: p.token_end,
                 row_start: p.row_start,
+                path: shard.path.clone(),
                 map: Arc::new(map),
                 rows_at,
                 scales_at,
@@ -90,29 +97,52 @@ impl PackedStore {
         })
     }
 
-    fn part_of(&self, token: u32) -> &MappedPart {
+    /// The part holding `token` and the token's global rows, or an error for a token outside
+    /// the vocabulary.
+    fn locate(&self, token: u32) -> Result<(&MappedPart, u64, u64)> {
+        let t = token as usize;
+        let (Some(&r0), Some(&r1)) = (self.bounds.get(t), self.bounds.get(t + 1)) else {
+            return Err(Error::input(format!(
+                "token id {token} is not below the vocabulary size {}",
+                self.vocab()
+            )));
+        };
         let i = self.parts.partition_point(|p| p.token_end <= token as u64);
-        &self.parts[i]
+        let part = self
+            .parts
+            .get(i)
+            .ok_or_else(|| Error::input(format!("token id {token}: no table part holds it")))?;
+        Ok((part, r0 as u64, r1 as u64))
     }
 
     /// The packed bytes of one token: one contiguous range of its part file.
-    pub fn token_bytes(&self, token: u32) -> &[u8] {
-        let part = self.part_of(token);
-        debug_assert!(part.token_start <= token as u64);
+    pub fn token_bytes(&self, token: u32) -> Result<&[u8]> {
+        let (part, r0, r1) = self.locate(token)?;
+        self.rows_of(part, token, r0, r1)
+    }
+
+    fn rows_of<'a>(&self, part: &'a MappedPart, token: u32, r0: u64, r1: u64) -> Result<&'a [u8]> {
         let row_bytes = self.row_width * self.dtype.value_bytes() as usize;
-        let (r0, r1) = (
-            self.bounds[token as usize] as u64,
-            self.bounds[token as usize + 1] as u64,
-        );
-        let start = part.rows_at + (r0 - part.row_start) as usize * row_bytes;
-        &part.map[start..start + (r1 - r0) as usize * row_bytes]
+        let start = r0
+            .checked_sub(part.row_start)
+            .map(|r| part.rows_at + r as usize * row_bytes);
+        let len = (r1 - r0) as usize * row_bytes;
+        start.and_then(|s| part.map.get(s..s + len)).ok_or_else(|| {
+            Error::in_file(
+                &part.path,
+                format!("token {token}: its rows {r0}..{r1} lie outside the part's rows"),
+            )
+        })
     }
 
     /// Copy the packed bytes of `tokens` back to back into `out` (no conversion): what an
     /// engine that computes in the packed dtype would ship to the accelerator.
     pub fn gather_raw(&self, tokens: &[u32], out: &mut Vec<u8>) -> Result<()> {
         check_tokens(tokens, self.vocab())?;
-        let ranges: Vec<&[u8]> = tokens.iter().map(|&t| self.token_bytes(t)).collect();
+        let ranges: Vec<&[u8]> = tokens
+            .iter()
+            .map(|&t| self.token_bytes(t))
+            .collect::<Result<_>>()?;
         let total: usize = ranges.iter().map(|r| r.len()).sum();
         if out.len() != total {
             out.clear();
@@ -154,15 +184,6 @@ impl Prefetch {
     }
 }
 
-fn packed_dtype(t: TableDtype) -> Dtype {
-    match t {
-        TableDtype::F32 => Dtype::F32,
-        TableDtype::Bf16 => Dtype::BF16,
-        TableDtype::F16 => Dtype::F16,
-        TableDtype::Int8 => Dtype::I8,
-    }
-}
-
 impl TableSource for PackedStore {
     fn vocab(&self) -> usize {
         self.bounds.len() - 1
@@ -182,43 +203,51 @@ impl TableSource for PackedStore {
         slices
             .into_par_iter()
             .zip(tokens.par_iter())
-            .for_each(|(dst, &t)| self.fill(t, dst));
-        Ok(())
+            .try_for_each(|(dst, &t)| self.fill(t, dst))
     }
 }
 
 impl PackedStore {
-    fn fill(&self, token: u32, dst: &mut [f32]) {
-        let bytes = self.token_bytes(token);
-        match self.dtype {
-            TableDtype::F32 => convert::decode_into(Dtype::F32, bytes, dst),
-            TableDtype::Bf16 => convert::decode_into(Dtype::BF16, bytes, dst),
-            TableDtype::F16 => convert::decode_into(Dtype::F16, bytes, dst),
-            TableDtype::Int8 => {
-                let part = self.part_of(token);
-                let scale_parts = if self.tied { 1 } else { 2 };
-                let at = part.scales_at.expect("int8 parts carry scales");
-                let r0 = (self.bounds[token as usize] as u64 - part.row_start) as usize;
-                let rows = bytes
-                    .chunks_exact(self.row_width)
-                    .zip(dst.chunks_exact_mut(self.row_width));
-                for (r, (row, out)) in rows.enumerate() {
-                    let s = at + (r0 + r) * scale_parts * 4;
-                    let scale = |k: usize| {
-                        f32::from_le_bytes(
-                            part.map[s + 4 * k..s + 4 * k + 4]
-                                .try_into()
-                                .expect("4 bytes"),
-                        )
-                    };
-                    let (key_out, value_out) = out.split_at_mut(self.key_width);
-                    convert::dequantise_into(&row[..self.key_width], scale(0), key_out);
-                    if !self.tied {
-                        convert::dequantise_into(&row[self.key_width..], scale(1), value_out);
-                    }
-                }
+    fn fill(&self, token: u32, dst: &mut [f32]) -> Result<()> {
+        let (part, r0, r1) = self.locate(token)?;
+        let bytes = self.rows_of(part, token, r0, r1)?;
+        let float = match self.dtype {
+            TableDtype::F32 => Some(FloatDtype::F32),
+            TableDtype::Bf16 => Some(FloatDtype::Bf16),
+            TableDtype::F16 => Some(FloatDtype::F16),
+            TableDtype::Int8 => None,
+        };
+        if let Some(f) = float {
+            convert::decode_into(f, bytes, dst);
+            return Ok(());
+        }
+        let scale_parts = if self.tied { 1 } else { 2 };
+        let missing = || {
+            Error::in_file(
+                &part.path,
+                format!("token {token}: its int8 rows have no scales"),
+            )
+        };
+        let at = part.scales_at.ok_or_else(missing)?;
+        let first = at + (r0 - part.row_start) as usize * scale_parts * 4;
+        let scales = part
+            .map
+            .get(first..first + (r1 - r0) as usize * scale_parts * 4)
+            .ok_or_else(missing)?;
+        let rows = bytes
+            .chunks_exact(self.row_width)
+            .zip(dst.chunks_exact_mut(self.row_width))
+            .zip(scales.chunks_exact(scale_parts * 4));
+        for ((row, out), s) in rows {
+            let scale =
+                |k: usize| f32::from_le_bytes([s[4 * k], s[4 * k + 1], s[4 * k + 2], s[4 * k + 3]]);
+            let (key_out, value_out) = out.split_at_mut(self.key_width);
+            convert::dequantise_into(&row[..self.key_width], scale(0), key_out);
+            if !self.tied {
+                convert::dequantise_into(&row[self.key_width..], scale(1), value_out);
             }
         }
+        Ok(())
     }
 }
 

@@ -3,10 +3,9 @@
 
 use super::{check_tokens, per_token_slices, staging, Blocks, TableSource};
 use crate::checkpoint::Checkpoint;
-use crate::formats::dtype as convert;
+use crate::formats::dtype::{self as convert, FloatDtype};
 use crate::util::error::{Error, Result};
 use rayon::prelude::*;
-use safetensors::Dtype;
 use std::sync::Arc;
 
 /// One layer's tables read from a source checkpoint, in the same `[key | value]` row form.
@@ -14,7 +13,7 @@ pub struct SourceTables {
     bounds: Vec<i64>,
     key_width: usize,
     value_width: usize,
-    dtype: Dtype,
+    dtype: FloatDtype,
     source: TableBytes,
     keys: String,
     values: Option<String>,
@@ -38,11 +37,35 @@ impl SourceTables {
             .get(keys)
             .ok_or_else(|| Error::in_file(ckpt.path(), format!("missing tensor {keys}")))?
             .clone();
+        let dtype = k.float_dtype()?;
+        let width = |t: &crate::checkpoint::TensorInfo| -> Result<usize> {
+            match t.shape.as_slice() {
+                [_, w] => Ok(*w),
+                other => Err(Error::in_file(
+                    &t.file,
+                    format!(
+                        "tensor {} has shape {other:?}; a table is [rows, width]",
+                        t.name
+                    ),
+                )),
+            }
+        };
+        let key_width = width(&k)?;
         let value_width = match values {
             Some(v) => {
-                ckpt.get(v)
-                    .ok_or_else(|| Error::in_file(ckpt.path(), format!("missing tensor {v}")))?
-                    .shape[1]
+                let t = ckpt
+                    .get(v)
+                    .ok_or_else(|| Error::in_file(ckpt.path(), format!("missing tensor {v}")))?;
+                if t.dtype != k.dtype {
+                    return Err(Error::in_file(
+                        &t.file,
+                        format!(
+                            "tensor {v} is {:?}, but the keys {keys} are {:?}",
+                            t.dtype, k.dtype
+                        ),
+                    ));
+                }
+                width(t)?
             }
             None => 0,
         };
@@ -60,9 +83,9 @@ impl SourceTables {
         };
         Ok(SourceTables {
             bounds,
-            key_width: k.shape[1],
+            key_width,
             value_width,
-            dtype: k.dtype,
+            dtype,
             source,
             keys: keys.to_string(),
             values: values.map(str::to_string),
@@ -70,23 +93,24 @@ impl SourceTables {
     }
 
     fn read(&self, values: bool, start: usize, len: usize, buf: &mut Vec<u8>) -> Result<()> {
+        let name = if values {
+            self.values.as_deref().unwrap_or(&self.keys)
+        } else {
+            &self.keys
+        };
         match &self.source {
-            TableBytes::Checkpoint(c) => {
-                let name = if values {
-                    self.values.as_deref().expect("values exist")
-                } else {
-                    &self.keys
-                };
-                c.read_range(name, start, len, buf)
-            }
+            TableBytes::Checkpoint(c) => c.read_range(name, start, len, buf),
             TableBytes::Memory(k, v) => {
-                let src = if values {
-                    v.as_ref().expect("values exist")
-                } else {
-                    k
-                };
+                let src = if values { v.as_ref() } else { Some(k) };
                 buf.clear();
-                buf.extend_from_slice(&src[start..start + len]);
+                let bytes = src
+                    .and_then(|s| s.get(start..start.checked_add(len)?))
+                    .ok_or_else(|| {
+                        Error::input(format!(
+                            "tensor {name}: bytes {start}+{len} are beyond the table"
+                        ))
+                    })?;
+                buf.extend_from_slice(bytes);
                 Ok(())
             }
         }
@@ -108,7 +132,7 @@ impl TableSource for SourceTables {
         check_tokens(tokens, self.vocab())?;
         let width = self.row_width();
         staging(blocks, tokens, &self.bounds, width);
-        let size = convert::float_size(self.dtype).expect("tables are floats");
+        let size = self.dtype.size();
         let slices = per_token_slices(&mut blocks.rows, &blocks.starts, width);
         slices
             .into_par_iter()

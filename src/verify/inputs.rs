@@ -1,7 +1,7 @@
 //! Inputs of a forward: token ids and hidden states, captured in a safetensors file or drawn
 //! at random (seeded, with token ids from a profile's unigram distribution or uniform).
 
-use crate::formats::dtype as convert;
+use crate::formats::dtype::{self as convert, FloatDtype};
 use crate::formats::profile::Profile;
 use crate::model::load::LoadedLayer;
 use crate::util::error::{Error, Result};
@@ -34,20 +34,20 @@ impl Inputs {
             ));
         }
         let data = ids.data();
-        let token_ids: Vec<u32> = match ids.dtype() {
+        // Ids are read at their full width and checked here, so a bad one is reported as
+        // given (and where), not as what a narrowing cast made of it.
+        let wide: Vec<i64> = match ids.dtype() {
             Dtype::I64 => data
                 .chunks_exact(8)
-                .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
-                .map(|v| u32::try_from(v).unwrap_or(u32::MAX))
+                .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
                 .collect(),
             Dtype::I32 => data
                 .chunks_exact(4)
-                .map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes")))
-                .map(|v| u32::try_from(v).unwrap_or(u32::MAX))
+                .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
                 .collect(),
             Dtype::U32 => data
                 .chunks_exact(4)
-                .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
                 .collect(),
             other => {
                 return Err(Error::in_file(
@@ -56,6 +56,27 @@ impl Inputs {
                 ))
             }
         };
+        if wide.is_empty() {
+            return Err(Error::in_file(
+                path,
+                "token_ids is empty: there is nothing to run",
+            ));
+        }
+        let token_ids = wide
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                u32::try_from(v).map_err(|_| {
+                    Error::in_file(
+                        path,
+                        format!(
+                            "token_ids[{i}] is {v}, not a token id (ids are 0 to {})",
+                            u32::MAX
+                        ),
+                    )
+                })
+            })
+            .collect::<Result<Vec<u32>>>()?;
         let n = token_ids.len();
         let mut shared = None;
         let mut per_layer = BTreeMap::new();
@@ -68,7 +89,8 @@ impl Inputs {
                 continue;
             };
             let shape = view.shape();
-            if shape.len() != 2 || shape[0] != n || convert::float_size(view.dtype()).is_none() {
+            let float = FloatDtype::of(view.dtype());
+            let (Some(float), [rows, width]) = (float, shape) else {
                 return Err(Error::in_file(
                     path,
                     format!(
@@ -76,13 +98,20 @@ impl Inputs {
                         view.dtype()
                     ),
                 ));
+            };
+            if *rows != n {
+                return Err(Error::in_file(
+                    path,
+                    format!("{name} has {rows} rows for {n} token ids; expected [{n}, d_in]"),
+                ));
             }
-            let mut values = Vec::with_capacity(shape[0] * shape[1]);
-            convert::decode_f32(view.dtype(), view.data(), &mut values);
+            let width = *width;
+            let mut values = Vec::new();
+            convert::decode_f32(float, view.data(), &mut values);
             match layer {
-                None => shared = Some((values, shape[1])),
+                None => shared = Some((values, width)),
                 Some(l) => {
-                    per_layer.insert(l, (values, shape[1]));
+                    per_layer.insert(l, (values, width));
                 }
             }
         }
@@ -101,51 +130,72 @@ impl Inputs {
     }
 
     /// Seeded random hidden states of unit RMS scale, with token ids drawn from a profile's
-    /// unigram distribution (or uniformly).
+    /// unigram distribution (the profile and its path, for messages) or uniformly.
     pub fn random(
         n: usize,
         d_in: usize,
         vocab: usize,
-        profile: Option<&Profile>,
+        profile: Option<(&Path, &Profile)>,
         seed: u64,
     ) -> Result<Inputs> {
+        let values = n.checked_mul(d_in).ok_or_else(|| {
+            Error::input(format!(
+                "{n} random tokens of width {d_in} are too many values"
+            ))
+        })?;
+        if vocab == 0 {
+            return Err(Error::input("the model's vocabulary is empty"));
+        }
         let mut rng = SplitMix(seed);
         let token_ids: Vec<u32> = match profile {
-            Some(p) => {
-                if p.meta.vocab_size as usize != vocab {
-                    return Err(Error::input(format!(
-                        "the profile's vocabulary ({}) differs from the model's ({vocab})",
-                        p.meta.vocab_size
-                    )));
+            Some((path, p)) => {
+                if p.meta.vocab_size as usize != vocab || p.unigram.len() != vocab {
+                    return Err(Error::in_file(
+                        path,
+                        format!(
+                            "the profile's vocabulary ({}, {} unigram counts) differs from the \
+                             model's ({vocab}): token ids drawn from it would not fit the model",
+                            p.meta.vocab_size,
+                            p.unigram.len()
+                        ),
+                    ));
                 }
                 let mut cumulative = Vec::with_capacity(vocab);
                 let mut total = 0u64;
                 for &c in &p.unigram {
-                    total += c;
+                    total = total.checked_add(c).ok_or_else(|| {
+                        Error::in_file(path, "the profile's unigram counts overflow 64 bits")
+                    })?;
                     cumulative.push(total);
+                }
+                if total == 0 {
+                    return Err(Error::in_file(
+                        path,
+                        "every unigram count of the profile is 0: no token ids can be drawn \
+                         from it (give another --profile, or none for uniform ids)",
+                    ));
                 }
                 (0..n)
                     .map(|_| {
-                        let r = rng.next() % total.max(1);
+                        let r = rng.next() % total;
                         cumulative.partition_point(|&c| c <= r) as u32
                     })
                     .collect()
             }
             None => (0..n).map(|_| (rng.next() % vocab as u64) as u32).collect(),
         };
-        let hidden: Vec<f32> = (0..n * d_in).map(|_| rng.normal()).collect();
+        let hidden: Vec<f32> = (0..values).map(|_| rng.normal()).collect();
         Ok(Inputs {
             token_ids,
             shared: Some((hidden, d_in)),
             per_layer: BTreeMap::new(),
-            description: format!(
-                "random (seed {seed}, tokens {})",
-                if profile.is_some() {
-                    "from the profile"
-                } else {
-                    "uniform"
-                }
-            ),
+            description: match profile {
+                Some((path, _)) => format!(
+                    "random (seed {seed}, tokens from the profile {})",
+                    path.display()
+                ),
+                None => format!("random (seed {seed}, tokens uniform)"),
+            },
         })
     }
 
@@ -200,14 +250,14 @@ pub fn read_f32(path: &Path, name: &str) -> Result<Vec<f32>> {
     let view = st
         .tensor(name)
         .map_err(|_| Error::in_file(path, format!("missing tensor {name}")))?;
-    if convert::float_size(view.dtype()).is_none() {
+    let Some(float) = FloatDtype::of(view.dtype()) else {
         return Err(Error::in_file(
             path,
-            format!("{name} is not a float tensor"),
+            format!("{name} is {:?}, not a float tensor", view.dtype()),
         ));
-    }
+    };
     let mut values = Vec::new();
-    convert::decode_f32(view.dtype(), view.data(), &mut values);
+    convert::decode_f32(float, view.data(), &mut values);
     Ok(values)
 }
 

@@ -1,12 +1,29 @@
-//! `inspect --check`: re-hash every file of a packed folder and check every structural
-//! invariant, collecting the problems rather than stopping at the first.
+//! `inspect --check`: on top of what [`PackedModel::open`] validates (the config against the
+//! tensors, the offsets against the bounds), re-hash every file against the index and check
+//! the byte layout docs/format.md promises, collecting the problems rather than stopping at
+//! the first.
+//!
+//! Two kinds of failure are kept apart because they exit differently: a folder that cannot be
+//! read as a packed model at all (it fails to open, a link in it leads outside it, a listed
+//! file is a FIFO or a device) is bad input, exit 2; a readable folder whose bytes do not match
+//! its index or layout is a check that found a mismatch, exit 1.
 
-use super::{PackedModel, TableDtype, DATA_ALIGNMENT};
-use crate::formats::allocation::{check_bounds, read_bounds};
-use crate::util::error::{Error, IoContext, Result};
-use safetensors::Dtype;
+use super::reader::inside_folder;
+use super::{PackedModel, CONFIG_FILE, DATA_ALIGNMENT, INDEX_FILE, PACKED_FORMAT, PACKED_VERSION};
+use crate::formats::safetensors::safe_relative;
+use crate::util::error::{Error, Result};
+use crate::util::progress::Ui;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
+
+/// Whether a command re-hashes a packed folder against its index before using it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hashes {
+    /// Re-hash every file (the default): a corrupted table is refused, not used.
+    Check,
+    /// Trust the bytes (`--no-check`): the structure is still validated when it is opened.
+    Skip,
+}
 
 #[derive(Clone, Debug, Serialize)]
 pub struct CheckReport {
@@ -14,239 +31,321 @@ pub struct CheckReport {
     pub files_hashed: usize,
     pub bytes_hashed: u64,
     pub problems: Vec<String>,
+    /// The folder is not readable as a packed model (exit 2) rather than mismatched (exit 1);
+    /// the reason is the first of `problems`.
+    pub bad_input: bool,
 }
 
 impl CheckReport {
+    fn new(dir: &Path) -> CheckReport {
+        CheckReport {
+            dir: dir.to_path_buf(),
+            files_hashed: 0,
+            bytes_hashed: 0,
+            problems: Vec::new(),
+            bad_input: false,
+        }
+    }
+
     pub fn ok(&self) -> bool {
         self.problems.is_empty()
     }
-}
 
-/// Re-hash every file and check every structural invariant of a packed folder. Problems are
-/// collected, not stopped at; a folder that cannot be opened at all is one problem.
-pub fn check_packed(dir: &Path, ui: &crate::util::progress::Ui) -> CheckReport {
-    let mut report = CheckReport {
-        dir: dir.to_path_buf(),
-        files_hashed: 0,
-        bytes_hashed: 0,
-        problems: Vec::new(),
-    };
-    let model = match PackedModel::open(dir) {
-        Ok(m) => m,
-        Err(e) => {
-            report.problems.push(e.to_string());
-            return report;
-        }
-    };
-    let total: u64 = model
-        .index
-        .metadata
-        .sha256
-        .keys()
-        .filter_map(|f| std::fs::metadata(dir.join(f)).ok())
-        .map(|m| m.len())
-        .sum();
-    let bar = ui.bytes(total, "check");
-    for (file, expected) in &model.index.metadata.sha256 {
-        let path = dir.join(file);
-        match crate::util::fs::sha256_file(&path) {
-            Ok(actual) => {
-                report.files_hashed += 1;
-                let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-                report.bytes_hashed += len;
-                bar.inc(len);
-                if &actual != expected {
-                    report.problems.push(format!(
-                        "{}: SHA-256 mismatch (index says {expected}, file has {actual})",
-                        path.display()
-                    ));
-                }
-            }
-            Err(e) => report.problems.push(e.to_string()),
+    fn refuse(mut self, e: Error) -> CheckReport {
+        self.problems.insert(0, e.to_string());
+        self.bad_input = true;
+        self
+    }
+
+    fn message(&self) -> String {
+        format!(
+            "{}: the packed folder fails its check: {}",
+            self.dir.display(),
+            self.problems.join("; ")
+        )
+    }
+
+    /// The report of `inspect --check`, whose purpose is the check, as a result: Ok when every
+    /// check passed, else `Error::Input` (exit 2) for bad input and `Error::Check` (exit 1)
+    /// for mismatches, naming every problem.
+    pub fn into_result(self) -> Result<CheckReport> {
+        match (self.ok(), self.bad_input) {
+            (true, _) => Ok(self),
+            (false, true) => Err(Error::Input(self.message())),
+            (false, false) => Err(Error::Check(self.message())),
         }
     }
-    bar.finish_and_clear();
+
+    /// For a command that needs a sound folder to do its work (`verify`, `forward`,
+    /// `unpack`): any problem is bad input, exit 2.
+    pub fn require_ok(self) -> Result<CheckReport> {
+        if self.ok() {
+            Ok(self)
+        } else {
+            Err(Error::Input(self.message()))
+        }
+    }
+}
+
+/// Open a packed folder and check it: every hash and every invariant.
+pub fn check_packed(dir: &Path, ui: &Ui) -> CheckReport {
+    let report = CheckReport::new(dir);
+    // A folder an interrupted `pack` left behind is what this check exists to catch: a
+    // finding (exit 1), not unreadable input.
+    if dir.is_dir() && std::fs::symlink_metadata(dir.join(INDEX_FILE)).is_err() {
+        let mut report = report;
+        report.problems.push(format!(
+            "{}: no {INDEX_FILE}: not a packed model (or an interrupted pack)",
+            dir.display()
+        ));
+        return report;
+    }
+    // Links are looked at before anything is opened through them.
+    if let Err(e) = links_stay_inside(dir) {
+        return report.refuse(e);
+    }
+    let e = match PackedModel::open(dir) {
+        Ok(model) => return check_packed_model(&model, ui),
+        Err(e) => e,
+    };
+    // A folder whose files no longer match their hashes was corrupted after it was written:
+    // that is the finding, and the content errors it causes are its consequence. A folder
+    // whose hashes all match and yet does not open was written wrong (or re-hashed after
+    // tampering): bad input.
+    let Ok(index) = PackedModel::read_index(dir) else {
+        return report.refuse(e);
+    };
+    let mut report = report;
+    if let Err(bad) = hash_listed(dir, &index.metadata.sha256, ui, &mut report) {
+        return report.refuse(bad);
+    }
+    if report.problems.is_empty() {
+        return report.refuse(e);
+    }
+    report.problems.push(format!(
+        "{e} (the folder does not open; the mismatches above say why)"
+    ));
+    report
+}
+
+/// Open a packed folder for a command that uses it (`verify`, `forward`, `unpack`). With
+/// [`Hashes::Check`] every file is re-hashed too, and any problem is bad input (exit 2); a
+/// folder that does not open is re-hashed as well, so that a corrupted file is reported as
+/// what caused the error. Returns the check's report when there was one.
+pub fn open_checked(
+    dir: &Path,
+    hashes: Hashes,
+    ui: &Ui,
+) -> Result<(PackedModel, Option<CheckReport>)> {
+    match (PackedModel::open(dir), hashes) {
+        (Ok(model), Hashes::Check) => {
+            let report = check_packed_model(&model, ui).require_ok()?;
+            Ok((model, Some(report)))
+        }
+        (Ok(model), Hashes::Skip) => Ok((model, None)),
+        (Err(e), Hashes::Check) => {
+            let report = check_packed(dir, ui);
+            if report.bad_input || report.ok() {
+                return Err(e);
+            }
+            Err(report.require_ok().err().unwrap_or(e))
+        }
+        (Err(e), Hashes::Skip) => Err(e),
+    }
+}
+
+/// Check a packed folder that is already open: every hash against the index, the links, and
+/// the byte layout.
+pub fn check_packed_model(model: &PackedModel, ui: &Ui) -> CheckReport {
+    let dir = model.dir.as_path();
+    let mut report = CheckReport::new(dir);
+    if let Err(e) = links_stay_inside(dir) {
+        return report.refuse(e);
+    }
+    let sha = &model.index.metadata.sha256;
+    if let Err(e) = hash_listed(dir, sha, ui, &mut report) {
+        return report.refuse(e);
+    }
+    if !sha.contains_key(CONFIG_FILE) {
+        report.problems.push(format!(
+            "{CONFIG_FILE}: has no SHA-256 in the index, so its l3 section is unprotected"
+        ));
+    }
     for file in model.index.weight_map.values() {
-        if !model.index.metadata.sha256.contains_key(file) {
+        if !sha.contains_key(file) {
             report.problems.push(format!(
                 "{file}: in the weight map but has no SHA-256 in the index"
             ));
         }
     }
-    let data_total: u64 = model
+    let data_total = model
         .shards
         .tensors()
         .iter()
-        .map(|t| t.byte_len() as u64)
-        .sum();
-    if data_total != model.index.metadata.total_size {
+        .try_fold(0u64, |acc, t| acc.checked_add(t.byte_len() as u64));
+    if data_total != Some(model.index.metadata.total_size) {
         report.problems.push(format!(
-            "index total_size is {} but the shards hold {data_total} bytes of tensors",
-            model.index.metadata.total_size
+            "index total_size is {} but the shards hold {} bytes of tensors",
+            model.index.metadata.total_size,
+            data_total.map_or("too many".to_string(), |t| t.to_string())
         ));
     }
-    check_structure(&model, &mut report.problems);
+    check_layout(model, &mut report.problems);
     report
 }
 
-fn check_structure(model: &PackedModel, problems: &mut Vec<String>) {
-    let c = &model.config;
-    let s = &model.shards;
-    let want_dtype = match c.dtype {
-        TableDtype::F32 => Dtype::F32,
-        TableDtype::Bf16 => Dtype::BF16,
-        TableDtype::F16 => Dtype::F16,
-        TableDtype::Int8 => Dtype::I8,
-    };
-    for file in model.index.metadata.sha256.keys() {
-        if !file.ends_with(".safetensors") {
+/// Re-hash every file the index lists, recording mismatches and missing files in `report`.
+/// A listed file that leads outside the folder or is not a regular file is bad input (the
+/// error returned).
+fn hash_listed(
+    dir: &Path,
+    sha: &std::collections::BTreeMap<String, String>,
+    ui: &Ui,
+    report: &mut CheckReport,
+) -> Result<()> {
+    let mut listed = Vec::with_capacity(sha.len());
+    for (file, expected) in sha {
+        let rel = safe_relative(file).map_err(|why| {
+            Error::in_file(
+                &dir.join(INDEX_FILE),
+                format!("metadata.sha256 lists \"{file}\": {why}"),
+            )
+        })?;
+        let path = dir.join(&rel);
+        let Ok(meta) = std::fs::metadata(&path) else {
+            report.problems.push(format!(
+                "{}: listed in {INDEX_FILE} but missing",
+                path.display()
+            ));
             continue;
-        }
-        let path = model.dir.join(file);
-        match shard_layout(&path) {
-            Ok((header_end, first, meta_format)) => {
-                if header_end % DATA_ALIGNMENT as u64 != 0 {
-                    problems.push(format!(
-                        "{file}: tensor data starts at byte {header_end}, not a multiple of {DATA_ALIGNMENT}"
-                    ));
-                }
-                if meta_format.as_deref() != Some("pt") {
-                    problems.push(format!("{file}: __metadata__ lacks \"format\": \"pt\""));
-                }
-                if let Some(first) = first {
-                    if first.contains(".packed_") && !first.contains(".packed_rows.") {
-                        problems.push(format!(
-                            "{file}: the first tensor is {first}, not the rows tensor"
-                        ));
-                    }
-                }
-            }
-            Err(e) => problems.push(e.to_string()),
-        }
-    }
-    for (li, l) in c.layers.iter().enumerate() {
-        let mut next_token = 0u64;
-        let mut next_row = 0u64;
-        for (pi, part) in l.parts.iter().enumerate() {
-            let at = format!("layer {} part {pi}", l.name);
-            if part.token_start != next_token || part.row_start != next_row {
-                problems.push(format!(
-                    "{at}: starts at token {} row {}, expected token {next_token} row {next_row}",
-                    part.token_start, part.row_start
-                ));
-            }
-            next_token = part.token_end;
-            next_row = part.row_end;
-            let rows = part.row_end.saturating_sub(part.row_start) as usize;
-            match s.get(&part.rows) {
-                None => problems.push(format!("{at}: missing tensor {}", part.rows)),
-                Some(t) => {
-                    if t.dtype != want_dtype || t.shape != [rows, l.row_width as usize] {
-                        problems.push(format!(
-                            "{at}: {} is {:?} {:?}, expected {want_dtype:?} [{rows}, {}]",
-                            part.rows, t.dtype, t.shape, l.row_width
-                        ));
-                    }
-                    if model.index.weight_map.get(&part.rows) != Some(&part.file) {
-                        problems.push(format!("{at}: {} is not in {}", part.rows, part.file));
-                    }
-                }
-            }
-            match (&part.scales, c.dtype == TableDtype::Int8) {
-                (Some(name), true) => match s.get(name) {
-                    Some(t) => {
-                        let parts = if c.semantics.tied { 1 } else { 2 };
-                        if t.dtype != Dtype::F32 || t.shape != [rows, parts] {
-                            problems.push(format!(
-                                "{at}: {name} is {:?} {:?}, expected F32 [{rows}, {parts}]",
-                                t.dtype, t.shape
-                            ));
-                        }
-                    }
-                    None => problems.push(format!("{at}: missing tensor {name}")),
-                },
-                (None, true) => problems.push(format!("{at}: int8 rows without scales")),
-                (Some(name), false) => {
-                    problems.push(format!("{at}: scales {name} on a {} table", c.dtype.name()))
-                }
-                (None, false) => {}
-            }
-            match read_bounds(s, &part.offsets) {
-                Err(e) => problems.push(format!("{at}: {e}")),
-                Ok(off) => {
-                    let want = (part.token_end - part.token_start + 1) as usize;
-                    if off.len() != want
-                        || off.first().copied() != Some(part.row_start as i64)
-                        || off.last().copied() != Some(part.row_end as i64)
-                    {
-                        problems.push(format!(
-                            "{at}: offsets {} do not run from row {} to {} over {want} entries",
-                            part.offsets, part.row_start, part.row_end
-                        ));
-                    }
-                }
-            }
-        }
-        if next_token != c.vocab_size || next_row != l.n_emb {
-            problems.push(format!(
-                "layer {}: parts end at token {next_token} row {next_row}, expected {} and {}",
-                l.name, c.vocab_size, l.n_emb
+        };
+        inside_folder(dir, &path)?;
+        if !meta.is_file() {
+            return Err(Error::in_file(
+                &path,
+                format!(
+                    "is {}, not a regular file (listed in {INDEX_FILE})",
+                    crate::util::fs::kind_of(&meta)
+                ),
             ));
         }
-        if let Ok(bounds) = model.bounds(li) {
-            if let Err(m) = check_bounds(&bounds) {
-                problems.push(format!("layer {}: {m}", l.name));
-            } else {
-                let max = bounds.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
-                if max > c.k_max as i64 {
+        listed.push((path, expected, meta.len()));
+    }
+    let total: u64 = listed.iter().map(|(_, _, len)| len).sum();
+    let bar = ui.bytes(total, "check");
+    for (path, expected, len) in &listed {
+        let actual = crate::util::fs::sha256_file(path)?;
+        report.files_hashed += 1;
+        report.bytes_hashed += len;
+        bar.inc(*len);
+        if &actual != *expected {
+            report.problems.push(format!(
+                "{}: SHA-256 mismatch (index says {expected}, file has {actual})",
+                path.display()
+            ));
+        }
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
+/// The byte layout of every shard: data on a page boundary, the metadata `transformers` and
+/// l3kit expect, tensors back to back in header order, and a table part's rows first.
+fn check_layout(model: &PackedModel, problems: &mut Vec<String>) {
+    for (rel, shard) in model.shards.shards() {
+        let file = rel.display();
+        let h = &shard.header;
+        if h.data_start % DATA_ALIGNMENT as u64 != 0 {
+            problems.push(format!(
+                "{file}: tensor data starts at byte {}, not a multiple of {DATA_ALIGNMENT}",
+                h.data_start
+            ));
+        }
+        let meta = |k: &str| h.metadata.get(k).map(String::as_str);
+        if meta("format") != Some("pt") {
+            problems.push(format!("{file}: __metadata__ lacks \"format\": \"pt\""));
+        }
+        let version = PACKED_VERSION.to_string();
+        if meta("l3kit_format") != Some(PACKED_FORMAT)
+            || meta("l3kit_format_version") != Some(version.as_str())
+        {
+            problems.push(format!(
+                "{file}: __metadata__ lacks \"l3kit_format\": \"{PACKED_FORMAT}\" and \
+                 \"l3kit_format_version\": \"{PACKED_VERSION}\""
+            ));
+        }
+        let mut end = 0u64;
+        let mut back_to_back = true;
+        for t in &h.tensors {
+            if t.begin != end {
+                problems.push(format!(
+                    "{file}: tensor {} starts at data byte {}, not at {end} where the one \
+                     before it in the header ends (tensors are back to back, in header order)",
+                    t.name, t.begin
+                ));
+                back_to_back = false;
+                break;
+            }
+            end = t.end;
+        }
+        if back_to_back && end != h.data_len {
+            problems.push(format!(
+                "{file}: {} bytes after the last tensor's data",
+                h.data_len.saturating_sub(end)
+            ));
+        }
+    }
+    for l in &model.config.layers {
+        for (pi, part) in l.parts.iter().enumerate() {
+            let first = model
+                .shards
+                .file_of(&part.rows)
+                .and_then(|f| model.shards.file(f))
+                .and_then(|s| s.header.tensors.iter().min_by_key(|t| t.begin));
+            if let Some(first) = first {
+                if first.name != part.rows {
                     problems.push(format!(
-                        "layer {}: a token owns {max} rows, more than k_max {}",
-                        l.name, c.k_max
+                        "{}: layer {} part {pi}: the first tensor is {}, not the rows tensor {}",
+                        part.file, l.name, first.name, part.rows
                     ));
                 }
-            }
-        }
-        let mut names = vec![&l.params.w_up, &l.params.w_mix];
-        names.extend(l.params.norm_in.iter());
-        names.extend(l.params.norm_out.iter());
-        if let Some((n, _)) = &l.params.lambda {
-            names.push(n);
-        }
-        for n in names {
-            if s.get(n).is_none() {
-                problems.push(format!("layer {}: missing tensor {n}", l.name));
             }
         }
     }
 }
 
-/// (data start, first tensor by offset, __metadata__ format) of a safetensors file.
-fn shard_layout(path: &Path) -> Result<(u64, Option<String>, Option<String>)> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path).with_path(path)?;
-    let mut len = [0u8; 8];
-    f.read_exact(&mut len).with_path(path)?;
-    let n = u64::from_le_bytes(len);
-    let mut header = vec![0u8; n as usize];
-    f.read_exact(&mut header).with_path(path)?;
-    let v: serde_json::Value = serde_json::from_slice(&header)
-        .map_err(|e| Error::in_file(path, format!("header is not JSON: {e}")))?;
-    let obj = v
-        .as_object()
-        .ok_or_else(|| Error::in_file(path, "header is not a JSON object"))?;
-    let format = obj
-        .get("__metadata__")
-        .and_then(|m| m.get("format"))
-        .and_then(|f| f.as_str())
-        .map(str::to_string);
-    let first = obj
-        .iter()
-        .filter(|(k, _)| *k != "__metadata__")
-        .filter_map(|(k, t)| {
-            let begin = t.get("data_offsets")?.get(0)?.as_u64()?;
-            Some((begin, k.clone()))
-        })
-        .min()
-        .map(|(_, k)| k);
-    Ok((8 + n, first, format))
+/// Refuse a symbolic link anywhere in the folder whose target lies outside it (a link that
+/// stays inside is fine). Links to folders are not followed.
+fn links_stay_inside(dir: &Path) -> Result<()> {
+    let root = crate::util::fs::resolve(dir)?;
+    let mut pending = vec![(dir.to_path_buf(), 0usize)];
+    while let Some((folder, depth)) = pending.pop() {
+        let entries = std::fs::read_dir(&folder).map_err(|e| Error::io(&folder, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io(&folder, e))?;
+            let path = entry.path();
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if meta.file_type().is_symlink() {
+                let target = crate::util::fs::resolve(&path)?;
+                if !target.starts_with(&root) {
+                    let link = std::fs::read_link(&path)
+                        .map(|t| t.display().to_string())
+                        .unwrap_or_default();
+                    return Err(Error::in_file(
+                        &path,
+                        format!(
+                            "is a symbolic link to {link} ({}), outside the packed folder: a \
+                             packed folder's files must stay inside it",
+                            target.display()
+                        ),
+                    ));
+                }
+            } else if meta.is_dir() && depth < 16 {
+                pending.push((path, depth + 1));
+            }
+        }
+    }
+    Ok(())
 }

@@ -1,15 +1,17 @@
 //! The packed model folder: its identifiers, file names and the `l3` section of its
 //! `config.json` (specified in `docs/format.md`). [`reader`] is the one validated reader of
-//! such a folder that every consumer goes through; [`check`] re-hashes it and checks every
-//! invariant.
+//! such a folder that every consumer goes through (it validates the `l3` section against the
+//! tensors present, in `validate.rs`); [`check`] re-hashes it and checks the byte layout.
 
 pub mod check;
 pub mod reader;
+mod validate;
 
 pub use crate::formats::dtype::TableDtype;
 pub use crate::formats::semantics::{Residual, Semantics};
-pub use check::{check_packed, CheckReport};
-pub use reader::{Index, IndexMetadata, PackedModel};
+pub use check::{check_packed, check_packed_model, open_checked, CheckReport, Hashes};
+pub use reader::{Index, IndexMetadata, PackedModel, PackedShards};
+pub use validate::DIALECTS;
 
 use serde::{Deserialize, Serialize};
 
@@ -64,8 +66,17 @@ pub struct LayerParams {
 /// Conversion error of a layer's tables (when the packed dtype is lossy for the source).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ConversionError {
+    /// NaN when the tables held non-finite values (`pack --allow-nonfinite`); JSON writes it
+    /// as null.
+    #[serde(deserialize_with = "null_as_nan")]
     pub max_abs_error: f64,
+    #[serde(deserialize_with = "null_as_nan")]
     pub relative_l2_error: f64,
+}
+
+/// serde_json writes a NaN as null; read it back as NaN.
+fn null_as_nan<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

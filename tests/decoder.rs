@@ -93,7 +93,7 @@ fn nanochat(variant: &str) -> Decoder {
 
 fn check_nanochat(variant: &str) {
     let model = nanochat(variant);
-    let golden = fixture(&format!("nanochat/{variant}/golden.safetensors"));
+    let golden = fixture(&format!("golden/nanochat-{variant}.safetensors"));
     let (ids, shape) = read_i64(&golden, "token_ids");
     let want = read_f32(&golden, "logits");
     let got = logits(&model, &rows(&ids, &shape), true);
@@ -137,7 +137,7 @@ fn nanochat_without_l3_logits_match_the_fork() {
 #[test]
 fn nanochat_greedy_generation_matches_the_fork() {
     let model = nanochat("default");
-    let golden = fixture("nanochat/default/golden.safetensors");
+    let golden = fixture("golden/nanochat-default.safetensors");
     let (prompt, _) = read_i64(&golden, "generate_prompt");
     let (want, _) = read_i64(&golden, "generate_greedy");
     let prompt: Vec<u32> = prompt.iter().map(|&x| x as u32).collect();

@@ -262,9 +262,9 @@ pub fn default_max_ppl_increase(dtype: Option<crate::formats::dtype::TableDtype>
     use crate::formats::dtype::TableDtype as T;
     match dtype {
         Some(T::F32) | None => 1e-6,
-        Some(T::F16) => 1e-3,
-        Some(T::Bf16) => 5e-3,
-        Some(T::Int8) => 2e-2,
+        Some(T::F16) => 5e-4,
+        Some(T::Bf16) => 2e-3,
+        Some(T::Int8) => 1e-2,
     }
 }
 

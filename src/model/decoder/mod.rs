@@ -240,8 +240,15 @@ impl Decoder {
     /// Load a packed folder or a source checkpoint.
     pub fn open(path: &Path, source: &SourceOptions, device: &Device) -> Result<Decoder> {
         let config = family_config(path)?;
-        let loaded: LoadedModel = load(path, source, device)?;
-        let packed = loaded.packed_dtype.is_some();
+        let mut want = config.slots()?;
+        want.sort();
+        let packed = crate::model::load::is_packed(path);
+        // A model without L3 layers (a dense nanochat run) has no tables to load.
+        let loaded: Option<LoadedModel> = if want.is_empty() {
+            None
+        } else {
+            Some(load(path, source, device)?)
+        };
         let family = if packed {
             let model = PackedModel::open(path)?;
             Self::build(&config, &model.shards, device)?
@@ -249,10 +256,12 @@ impl Decoder {
             let ckpt = crate::checkpoint::Checkpoint::open(path)?;
             Self::build(&config, &ckpt, device)?
         };
-        let mut want = config.slots()?;
-        want.sort();
         let mut l3 = Vec::new();
-        for layer in loaded.layers {
+        let (layers, tables_vocab) = match loaded {
+            Some(l) => (l.layers, Some(l.vocab)),
+            None => (Vec::new(), None),
+        };
+        for layer in layers {
             let slot = config.slot(&layer).ok_or_else(|| {
                 Error::in_file(
                     config.path(),
@@ -274,13 +283,13 @@ impl Decoder {
                 ),
             ));
         }
-        if !l3.is_empty() && loaded.vocab != config.vocab_size() {
+        if let Some(v) = tables_vocab.filter(|&v| v != config.vocab_size()) {
             return Err(Error::in_file(
                 config.path(),
                 format!(
                     "vocab_size is {}, the L3 tables have {} tokens",
                     config.vocab_size(),
-                    loaded.vocab
+                    v
                 ),
             ));
         }

@@ -179,7 +179,7 @@ fn kv_cached_decoding_equals_recomputation() {
     ];
     for (model, seq) in cases {
         let vocab = model.vocab_size();
-        let full = logits(&model, &[seq.clone()], false);
+        let full = logits(&model, std::slice::from_ref(&seq), false);
         let mut cache = model.new_cache();
         let mut rt = L3Runtime::new(model.l3.len(), true);
         let split = 17;
@@ -193,6 +193,9 @@ fn kv_cached_decoding_equals_recomputation() {
         }
         assert_eq!(stepped.len(), full.len());
         let e = rel_l2(&stepped, &full);
-        assert!(e <= 1e-5, "cached vs full: relative L2 {e:.3e} (vocab {vocab})");
+        assert!(
+            e <= 1e-5,
+            "cached vs full: relative L2 {e:.3e} (vocab {vocab})"
+        );
     }
 }

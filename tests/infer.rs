@@ -16,7 +16,9 @@ fn trained() -> String {
 }
 
 fn alloc() -> String {
-    fixture("trained/allocation.safetensors").display().to_string()
+    fixture("trained/allocation.safetensors")
+        .display()
+        .to_string()
 }
 
 fn heldout() -> String {
@@ -80,9 +82,16 @@ fn heldout_perplexity_equals_pytorch() {
             assert_eq!(got[field], w[field], "{field} ({extra:?})");
         }
         let r = &got["result"];
-        for (field, tol) in [("mean_nll", 1e-6), ("perplexity", 1e-6), ("bits_per_byte", 1e-6)] {
+        for (field, tol) in [
+            ("mean_nll", 1e-6),
+            ("perplexity", 1e-6),
+            ("bits_per_byte", 1e-6),
+        ] {
             let (a, b) = (r[field].as_f64().unwrap(), w[field].as_f64().unwrap());
-            assert!(close(a, b, tol), "{field}: l3kit {a} vs PyTorch {b} ({extra:?})");
+            assert!(
+                close(a, b, tol),
+                "{field}: l3kit {a} vs PyTorch {b} ({extra:?})"
+            );
         }
     }
 }
@@ -112,7 +121,10 @@ fn packed_perplexity_stays_within_the_bounds() {
         assert_eq!(c["passed"], true, "{dtype}: {c}");
         let change = c["relative_perplexity_change"].as_f64().unwrap();
         if dtype == "f32" {
-            assert_eq!(change, 0.0, "lossless tables give the source's perplexity exactly");
+            assert_eq!(
+                change, 0.0,
+                "lossless tables give the source's perplexity exactly"
+            );
             assert_eq!(c["top1_changed"].as_f64().unwrap(), 0.0);
         }
     }
@@ -171,8 +183,16 @@ fn generation_is_deterministic_and_sampling_is_seeded() {
     assert_eq!(g3["prompt_token_ids"], g1["prompt_token_ids"]);
     assert_eq!(g3["new_token_ids"], g1["new_token_ids"]);
     let s = |seed: &str| {
-        gen(&["--prompt", "Now is", "--temperature", "1.0", "--top-p", "0.9", "--seed", seed])
-            ["new_token_ids"]
+        gen(&[
+            "--prompt",
+            "Now is",
+            "--temperature",
+            "1.0",
+            "--top-p",
+            "0.9",
+            "--seed",
+            seed,
+        ])["new_token_ids"]
             .clone()
     };
     assert_eq!(s("7"), s("7"));
@@ -209,13 +229,23 @@ fn bad_input_is_refused_cleanly() {
     let empty = d.join("empty.txt");
     std::fs::write(&empty, "").unwrap();
     assert_refused(
-        &run(base(&trained(), &tiny_tok(), &empty.display().to_string(), &[])),
+        &run(base(
+            &trained(),
+            &tiny_tok(),
+            &empty.display().to_string(),
+            &[],
+        )),
         2,
         &["at least 2"],
     );
     // A window longer than the model's context.
     assert_refused(
-        &run(base(&trained(), &tiny_tok(), &heldout(), &["--seq-len", "65"])),
+        &run(base(
+            &trained(),
+            &tiny_tok(),
+            &heldout(),
+            &["--seq-len", "65"],
+        )),
         2,
         &["--seq-len 65", "context of 64"],
     );

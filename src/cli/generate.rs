@@ -17,7 +17,11 @@ pub(crate) struct GenerateArgs {
     #[arg(long)]
     pub(crate) tokenizer: Option<PathBuf>,
     /// The prompt text (nanochat-family models get their BOS token before it).
-    #[arg(long, conflicts_with = "prompt_ids", required_unless_present = "prompt_ids")]
+    #[arg(
+        long,
+        conflicts_with = "prompt_ids",
+        required_unless_present = "prompt_ids"
+    )]
     pub(crate) prompt: Option<String>,
     /// The prompt as token ids, e.g. 1,2,3 (used as given: nothing is added).
     #[arg(long, value_delimiter = ',')]
@@ -64,9 +68,9 @@ pub(crate) fn cmd_generate(args: GenerateArgs, json: bool) -> Result<()> {
     let prompt: Vec<u32> = match (&args.prompt, &args.prompt_ids) {
         (_, Some(ids)) => ids.clone(),
         (Some(text), None) => {
-            let (tok, path) = tokenizer.as_ref().ok_or_else(|| {
-                Error::input("--prompt needs --tokenizer (or give --prompt-ids)")
-            })?;
+            let (tok, path) = tokenizer
+                .as_ref()
+                .ok_or_else(|| Error::input("--prompt needs --tokenizer (or give --prompt-ids)"))?;
             let mut ids = Vec::new();
             if let Some(b) = loaded.bos_for(tok, path)? {
                 ids.push(b);

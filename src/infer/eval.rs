@@ -18,7 +18,7 @@
 //!   windows of the UTF-8 length of the decoded targets (special tokens skipped);
 //!   `bits_per_byte` = total nll / ln 2 / bytes.
 
-use crate::corpus::{self, ReadOptions, RawBatch};
+use crate::corpus::{self, RawBatch, ReadOptions};
 use crate::formats::profile::InputFormat;
 use crate::model::decoder::Decoder;
 use crate::model::runtime::{L3Runtime, ServingStats};
@@ -366,7 +366,11 @@ pub fn eval(
         rule: format!(
             "records tokenised one by one{}, concatenated; windows of {seq_len}+1 ids, \
              each from position 0; last window kept with >= 2 ids",
-            if m.config.uses_bos() { ", BOS before each" } else { "" }
+            if m.config.uses_bos() {
+                ", BOS before each"
+            } else {
+                ""
+            }
         ),
         result,
         source: source_figures,

@@ -27,7 +27,11 @@ impl OpenModel {
     pub fn open(path: &Path, source: &SourceOptions, device: &Device) -> Result<OpenModel> {
         let decoder = Decoder::open(path, source, device)?;
         let packed_dtype = if decoder.packed {
-            Some(crate::formats::packed::PackedModel::open(path)?.config.dtype)
+            Some(
+                crate::formats::packed::PackedModel::open(path)?
+                    .config
+                    .dtype,
+            )
         } else {
             None
         };

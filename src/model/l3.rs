@@ -204,11 +204,11 @@ impl L3Layer {
                     .flatten_all()
                     .and_then(|t| t.to_vec1::<f32>())
                     .map_err(ce)?;
-                let a = attend_kernels(cfg, &q_host, &groups, &blocks);
+                let a = attend_kernels(cfg, &q_host, groups, blocks);
                 Tensor::from_vec(a, (token_ids.len(), cfg.d_emb), &self.device).map_err(ce)?
             }
             Backend::Candle => {
-                attend_candle(cfg, &q, &groups, &blocks, &self.device).map_err(ce)?
+                attend_candle(cfg, &q, groups, blocks, &self.device).map_err(ce)?
             }
         };
         self.project(&x, &a).map_err(ce)

@@ -96,7 +96,7 @@ pub fn choose(logits: &[f32], s: &Sampling, rng: &mut Rng) -> usize {
         })
         .collect();
     let total: f64 = probs.iter().map(|p| p.1).sum();
-    if !(total > 0.0) {
+    if total.is_nan() || total <= 0.0 {
         return argmax(logits);
     }
     // Most likely first, ties by id, so the nucleus and the draw are deterministic.
@@ -145,7 +145,9 @@ mod tests {
         };
         let draw = |seed| {
             let mut rng = Rng::new(seed);
-            (0..50).map(|_| choose(&logits, &s, &mut rng)).collect::<Vec<_>>()
+            (0..50)
+                .map(|_| choose(&logits, &s, &mut rng))
+                .collect::<Vec<_>>()
         };
         assert_eq!(draw(7), draw(7));
         assert_ne!(draw(7), draw(8));

@@ -174,8 +174,11 @@ impl TableSource for PackedStore {
         &self.bounds
     }
     fn stored_row_bytes(&self) -> u64 {
-        self.dtype
-            .row_bytes(self.key_width as u64, (self.row_width - self.key_width) as u64, self.tied)
+        self.dtype.row_bytes(
+            self.key_width as u64,
+            (self.row_width - self.key_width) as u64,
+            self.tied,
+        )
     }
 
     fn gather_into(&self, tokens: &[u32], blocks: &mut Blocks) -> Result<()> {

@@ -114,9 +114,7 @@ pub fn read_small(path: &Path, limit: u64, what: &str) -> Result<Vec<u8>> {
     }
     let mut buf = Vec::with_capacity(len as usize);
     // Read one byte past the limit: a file that grows while being read is refused too.
-    file.take(limit + 1)
-        .read_to_end(&mut buf)
-        .with_path(path)?;
+    file.take(limit + 1).read_to_end(&mut buf).with_path(path)?;
     if buf.len() as u64 > limit {
         return Err(Error::in_file(
             path,
@@ -310,7 +308,9 @@ mod tests {
         std::fs::create_dir(&sub).unwrap();
         let f = OutputKind::File;
         assert!(check_output(&d.join("out.bin"), &[&input], f, "--out").is_ok());
-        let e = check_output(&input, &[&input], f, "--out").unwrap_err().to_string();
+        let e = check_output(&input, &[&input], f, "--out")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("is the input"), "{e}");
         // The same file through another spelling.
         let e = check_output(&d.join("src/../in.txt"), &[&input], f, "--out")
@@ -318,7 +318,9 @@ mod tests {
             .to_string();
         assert!(e.contains("is the input"), "{e}");
         let folder = OutputKind::Folder;
-        let e = check_output(d, &[&input], folder, "--out").unwrap_err().to_string();
+        let e = check_output(d, &[&input], folder, "--out")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("contains the input"), "{e}");
         let e = check_output(&sub.join("packed"), &[&sub], folder, "--out")
             .unwrap_err()
@@ -335,7 +337,9 @@ mod tests {
         // A symlink as the output would be replaced by a regular file.
         let link = d.join("link");
         std::os::unix::fs::symlink(&input, &link).unwrap();
-        let e = check_output(&link, &[], f, "--out").unwrap_err().to_string();
+        let e = check_output(&link, &[], f, "--out")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("symbolic link"), "{e}");
     }
 }

@@ -130,7 +130,9 @@ impl FamilyConfig {
     /// The L3 slots the configuration declares.
     fn slots(&self) -> Result<Vec<L3Slot>> {
         Ok(match self {
-            FamilyConfig::Tiny(c, _) => c.l3_layers.iter().map(|&i| L3Slot::AfterBlock(i)).collect(),
+            FamilyConfig::Tiny(c, _) => {
+                c.l3_layers.iter().map(|&i| L3Slot::AfterBlock(i)).collect()
+            }
             FamilyConfig::Nanochat(c, p) => {
                 if c.n_loops > 1 {
                     if c.l3_n_emb == 0 {

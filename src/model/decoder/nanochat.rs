@@ -10,8 +10,8 @@
 //! without `l3_lambdas`); logits cropped to the vocabulary, then soft-capped at 15.
 
 use super::blocks::{
-    attention, causal_mask, ce, embed, merge_heads, rms_norm, softcap, KvCache, LayerCache,
-    Linear, Weights,
+    attention, causal_mask, ce, embed, merge_heads, rms_norm, softcap, KvCache, LayerCache, Linear,
+    Weights,
 };
 use super::{refuse_unknown, L3Slot};
 use crate::util::error::{Error, Result};
@@ -91,13 +91,13 @@ impl NanochatConfig {
         if self.n_layer == 0 || self.n_head == 0 || self.n_kv_head == 0 || self.n_embd == 0 {
             return bad("n_layer, n_head, n_kv_head and n_embd must be positive".into());
         }
-        if self.n_embd % self.n_head != 0 || (self.n_embd / self.n_head) % 2 != 0 {
+        if !self.n_embd.is_multiple_of(self.n_head) || !(self.n_embd / self.n_head).is_multiple_of(2) {
             return bad(format!(
                 "n_embd {} must be n_head {} times an even head dimension",
                 self.n_embd, self.n_head
             ));
         }
-        if self.n_kv_head > self.n_head || self.n_head % self.n_kv_head != 0 {
+        if self.n_kv_head > self.n_head || !self.n_head.is_multiple_of(self.n_kv_head) {
             return bad(format!(
                 "n_kv_head {} must divide n_head {}",
                 self.n_kv_head, self.n_head
@@ -144,7 +144,9 @@ impl NanochatConfig {
             "convswiglu" => Ok(Mlp::ConvSwiGlu),
             other => Err(Error::in_file(
                 path,
-                format!("model_config: mlp_type {other:?} is not supported (relu2, swiglu, convswiglu)"),
+                format!(
+                    "model_config: mlp_type {other:?} is not supported (relu2, swiglu, convswiglu)"
+                ),
             )),
         }
     }
@@ -397,7 +399,8 @@ impl NanochatGpt {
         let k = a.c_k.forward(h)?.reshape((b, t, cfg.n_kv_head, hd))?;
         let mut v = a.c_v.forward(h)?.reshape((b, t, cfg.n_kv_head, hd))?;
         if let (Some(ve), Some(gate)) = (ve, &a.ve_gate) {
-            let g = candle_nn::ops::sigmoid(&gate.forward(&h.narrow(2, 0, VE_GATE_CHANNELS)?)?)?;
+            let g =
+                candle_nn::ops::sigmoid(&gate.forward(&h.narrow(2, 0, VE_GATE_CHANNELS)?)?)?;
             let g = (g * 2.0)?.unsqueeze(3)?;
             let ve = ve.reshape((b, t, cfg.n_kv_head, hd))?;
             v = (v + ve.broadcast_mul(&g)?)?;
@@ -409,7 +412,13 @@ impl NanochatGpt {
         let v = v.transpose(1, 2)?.contiguous()?;
         let (k, v) = cache.append(&k, &v)?;
         let t_k = k.dims()[2];
-        let mask = causal_mask(t, t_k, pos, Some(cfg.window(layer % self.blocks.len())), &self.device)?;
+        let mask = causal_mask(
+            t,
+            t_k,
+            pos,
+            Some(cfg.window(layer % self.blocks.len())),
+            &self.device,
+        )?;
         let y = attention(&q, &k, &v, &mask, 1.0 / (hd as f64).sqrt())?;
         a.c_proj.forward(&merge_heads(&y)?)
     }
@@ -448,8 +457,8 @@ impl NanochatGpt {
                 cache.conv = Some(m.narrow(1, t - 1, 1)?.contiguous()?);
                 let w0 = conv_w.narrow(1, 0, 1)?.squeeze(1)?;
                 let w1 = conv_w.narrow(1, 1, 1)?.squeeze(1)?;
-                let conv = (shifted.broadcast_mul(&w0)? + m.broadcast_mul(&w1)?)?
-                    .broadcast_add(conv_b)?;
+                let conv =
+                    (shifted.broadcast_mul(&w0)? + m.broadcast_mul(&w1)?)?.broadcast_add(conv_b)?;
                 c_proj.forward(&candle_nn::ops::silu(&conv)?)
             }
         }
@@ -485,8 +494,8 @@ impl NanochatGpt {
             ves.insert(i, embed(table, &flat).map_err(ce)?);
         }
         let run_l3 = |slot: L3Slot,
-                          x: &Tensor,
-                          l3: &mut dyn FnMut(L3Slot, &Tensor) -> Result<Tensor>|
+                      x: &Tensor,
+                      l3: &mut dyn FnMut(L3Slot, &Tensor) -> Result<Tensor>|
          -> Result<Tensor> {
             let flat = x.reshape((b * t, c)).map_err(ce)?;
             l3(slot, &flat)?.reshape((b, t, c)).map_err(ce)
@@ -501,14 +510,15 @@ impl NanochatGpt {
             }
             for i in 0..n_layer {
                 let layer_cache = &mut cache.layers[lp * n_layer + i];
-                let step = |x: &Tensor, layer_cache: &mut LayerCache| -> candle_core::Result<Tensor> {
-                    let x = ((x * self.resid_lambdas[i] as f64)?
-                        + (&x0 * self.x0_lambdas[i] as f64)?)?;
-                    let h = rms_norm(&x, None, NORM_EPS)?;
-                    let x = (&x + self.attention(i, &h, ves.get(&i), layer_cache, pos)?)?;
-                    let h = rms_norm(&x, None, NORM_EPS)?;
-                    &x + self.mlp(i, &h, layer_cache)?
-                };
+                let step =
+                    |x: &Tensor, layer_cache: &mut LayerCache| -> candle_core::Result<Tensor> {
+                        let x = ((x * self.resid_lambdas[i] as f64)?
+                            + (&x0 * self.x0_lambdas[i] as f64)?)?;
+                        let h = rms_norm(&x, None, NORM_EPS)?;
+                        let x = (&x + self.attention(i, &h, ves.get(&i), layer_cache, pos)?)?;
+                        let h = rms_norm(&x, None, NORM_EPS)?;
+                        &x + self.mlp(i, &h, layer_cache)?
+                    };
                 x = step(&x, layer_cache).map_err(ce)?;
                 if cfg.n_loops == 1 && l3_after.contains(&i) {
                     x = run_l3(L3Slot::AfterBlock(i), &x, l3)?;

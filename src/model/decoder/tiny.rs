@@ -82,7 +82,7 @@ impl TinyConfig {
         if !self.tied_embeddings {
             return bad("tied_embeddings false is not supported by this family".into());
         }
-        if self.n_head == 0 || self.n_embd == 0 || self.n_embd % self.n_head != 0 {
+        if self.n_head == 0 || self.n_embd == 0 || !self.n_embd.is_multiple_of(self.n_head) {
             return bad(format!(
                 "n_embd {} is not a positive multiple of n_head {}",
                 self.n_embd, self.n_head
@@ -92,7 +92,10 @@ impl TinyConfig {
             return bad("n_layer, block_size and vocab_size must be positive".into());
         }
         if !(self.norm_eps.is_finite() && self.norm_eps > 0.0) {
-            return bad(format!("norm_eps {} is not a positive number", self.norm_eps));
+            return bad(format!(
+                "norm_eps {} is not a positive number",
+                self.norm_eps
+            ));
         }
         if let Some(&i) = self.l3_layers.iter().find(|&&i| i >= self.n_layer) {
             return bad(format!(
@@ -171,7 +174,10 @@ impl TinyLm {
         let (k, v) = cache.append(&k.contiguous()?, &v.contiguous()?)?;
         let y = attention(&q, &k, &v, mask, scale)?;
         let x1 = (x + blk.proj.forward(&merge_heads(&y)?)?)?;
-        let m = blk.fc.forward(&rms_norm(&x1, Some(&blk.ln2), eps)?)?.gelu_erf()?;
+        let m = blk
+            .fc
+            .forward(&rms_norm(&x1, Some(&blk.ln2), eps)?)?
+            .gelu_erf()?;
         &x1 + blk.fc_proj.forward(&m)?
     }
 

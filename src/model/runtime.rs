@@ -33,11 +33,21 @@ pub struct ServingStats {
     pub bytes_read: u64,
     /// Distinct (token, layer) blocks gathered.
     pub blocks: u64,
+    /// Time from the start of each step to its first L3 layer: the compute a prefetch can
+    /// hide the reads behind.
+    pub before_first_l3_seconds: f64,
 }
 
 impl ServingStats {
     pub fn bytes_per_position(&self) -> f64 {
         self.bytes_read as f64 / (self.positions.max(1)) as f64
+    }
+
+    /// The read bandwidth at which a step's rows arrive just as its first L3 layer starts:
+    /// below it, prefetch cannot hide the reads.
+    pub fn break_even_bytes_per_second(&self) -> Option<f64> {
+        (self.before_first_l3_seconds > 0.0)
+            .then(|| self.bytes_read as f64 / self.before_first_l3_seconds)
     }
 }
 
@@ -49,6 +59,7 @@ pub struct L3Runtime {
     /// One reusable staging buffer per L3 layer (taken by the prefetch thread during a step).
     buffers: Vec<Option<Blocks>>,
     groups: Option<Groups>,
+    step_started: Option<Instant>,
     pending: Option<crossbeam_channel::Receiver<Gathered>>,
     worker: Option<std::thread::JoinHandle<()>>,
     pub stats: ServingStats,
@@ -60,6 +71,7 @@ impl L3Runtime {
             prefetch,
             buffers: (0..layers).map(|_| Some(Blocks::default())).collect(),
             groups: None,
+            step_started: None,
             pending: None,
             worker: None,
             stats: ServingStats::default(),
@@ -76,6 +88,7 @@ impl L3Runtime {
         self.finish_worker();
         self.stats.steps += 1;
         self.stats.positions += ids.len() as u64;
+        self.step_started = Some(Instant::now());
         if layers.is_empty() {
             self.groups = None;
             return Ok(());
@@ -124,6 +137,9 @@ impl L3Runtime {
             .groups
             .as_ref()
             .ok_or_else(|| Error::Other("an L3 layer ran outside a step".into()))?;
+        if let Some(t) = self.step_started.take() {
+            self.stats.before_first_l3_seconds += t.elapsed().as_secs_f64();
+        }
         if self.prefetch {
             // Rows arrive in layer order; keep what comes before ours.
             let started = Instant::now();

@@ -114,6 +114,9 @@ impl TableSource for MemoryTables {
     fn bounds(&self) -> &[i64] {
         &self.bounds
     }
+    fn stored_row_bytes(&self) -> u64 {
+        (self.blocks.row_width * 4) as u64
+    }
     fn gather_into(&self, tokens: &[u32], out: &mut l3kit::serve::Blocks) -> l3kit::Result<()> {
         let width = self.blocks.row_width;
         out.tokens = tokens.to_vec();

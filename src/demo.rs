@@ -33,7 +33,23 @@ pub struct TrainedDemo {
     pub pack: crate::pack::PackSummary,
     pub check: crate::formats::packed::CheckReport,
     pub verify: crate::verify::VerifyReport,
+    /// The whole model: held-out perplexity of the checkpoint and of the packed int8 folder.
+    pub eval: crate::infer::eval::EvalReport,
+    /// A line generated greedily by the packed model.
+    pub generated: GeneratedLine,
 }
+
+#[derive(Debug, Serialize)]
+pub struct GeneratedLine {
+    pub prompt: String,
+    pub text: String,
+    pub tokens_per_second: f64,
+}
+
+/// Held-out tokens the demo's perplexity covers (a tenth of the file keeps the demo quick;
+/// `l3kit eval` without `--max-tokens` takes all of it).
+const DEMO_EVAL_TOKENS: u64 = 20_000;
+const DEMO_PROMPT: &str = "To be, or not to be";
 
 /// Steps 3-5 on the bundled trained model (fixtures/trained): profile the corpus with the
 /// model's tokenizer and allocate as it was trained (4 rows per token, k_max 64), confirm that
@@ -73,9 +89,9 @@ fn trained_demo(data_dir: &Path, out_dir: &Path, ui: &Ui) -> Result<TrainedDemo>
     let verify = crate::verify::verify(
         &crate::verify::VerifyOptions {
             source: trained.clone(),
-            packed,
+            packed: packed.clone(),
             source_opts: crate::verify::SourceOptions {
-                allocation: Some(alloc_path),
+                allocation: Some(alloc_path.clone()),
                 ..Default::default()
             },
             inputs: Some(trained.join("inputs.safetensors")),
@@ -93,12 +109,91 @@ fn trained_demo(data_dir: &Path, out_dir: &Path, ui: &Ui) -> Result<TrainedDemo>
             out_dir.display()
         )));
     }
+    let (eval, generated) = whole_model_demo(data_dir, &trained, &packed, &alloc_path, ui)?;
     Ok(TrainedDemo {
         allocation_matches_training,
         pack,
         check,
         verify,
+        eval,
+        generated,
     })
+}
+
+/// The packed model as a whole: its held-out perplexity next to the checkpoint's, and a line
+/// of text from it.
+fn whole_model_demo(
+    data_dir: &Path,
+    trained: &Path,
+    packed: &Path,
+    alloc_path: &Path,
+    ui: &Ui,
+) -> Result<(crate::infer::eval::EvalReport, GeneratedLine)> {
+    use crate::infer::{eval, generate, OpenModel};
+    let device = candle_core::Device::Cpu;
+    let source_opts = crate::verify::SourceOptions {
+        allocation: Some(alloc_path.to_path_buf()),
+        ..Default::default()
+    };
+    let model = OpenModel::open(packed, &source_opts, &device)?;
+    let source = OpenModel::open(trained, &source_opts, &device)?;
+    let tok_path = data_dir.join("tokenizer/tiny-bpe-512.json");
+    let (tok, _) = crate::formats::tokenizer::load_tokenizer(&tok_path)?;
+    let bos = model.bos_for(&tok, &tok_path)?;
+    let stream = eval::token_stream(
+        &[data_dir.join("corpus/heldout.txt")],
+        None,
+        None,
+        false,
+        &tok,
+        bos,
+        Some(DEMO_EVAL_TOKENS),
+    )?;
+    let report = eval::eval(
+        (&model.decoder, packed),
+        Some((&source.decoder, trained)),
+        &stream,
+        &tok,
+        model.packed_dtype,
+        &eval::EvalOptions {
+            seq_len: None,
+            prefetch: true,
+            max_ppl_increase: None,
+            ui,
+        },
+    )?;
+    if report.comparison.as_ref().is_some_and(|c| !c.passed) {
+        return Err(Error::Check(format!(
+            "{}: the packed model's perplexity rose beyond the bound",
+            packed.display()
+        )));
+    }
+    let mut prompt: Vec<u32> = bos.into_iter().collect();
+    prompt.extend(
+        tok.encode_fast(DEMO_PROMPT, false)
+            .map_err(|e| Error::Other(format!("tokenisation failed: {e}")))?
+            .get_ids(),
+    );
+    let g = generate::generate(
+        &model.decoder,
+        &prompt,
+        32,
+        &crate::model::sampling::Sampling::greedy(),
+        true,
+        false,
+        &mut |_| Ok(()),
+    )?;
+    let text = tok
+        .decode(&g.new_token_ids, true)
+        .map_err(|e| Error::Other(format!("cannot decode: {e}")))?;
+    Ok((
+        report,
+        GeneratedLine {
+            prompt: DEMO_PROMPT.to_string(),
+            text,
+            tokens_per_second: g.tokens_per_second,
+        },
+    ))
 }
 
 /// Profile the bundled corpus and allocate with the paper's method at its rows-per-token ratio

@@ -26,6 +26,7 @@ pub mod corpus;
 pub mod demo;
 pub mod formats;
 pub mod hub;
+pub mod infer;
 pub mod model;
 pub mod pack;
 pub mod profile;

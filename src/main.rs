@@ -68,6 +68,18 @@ enum Command {
         Output: a safetensors file with `output.<layer name>` [N, d_in] (F32)."
     )]
     Forward(cli::forward::ForwardArgs),
+    /// Perplexity and bits per byte of a whole model on text; --compare a packed folder with its source.
+    #[command(after_help = "Examples:\n  \
+        l3kit eval --model packed/ --tokenizer tokenizer.json heldout.txt\n  \
+        l3kit eval --model packed/ --compare ckpt/ --tokenizer tokenizer.json heldout.txt --json\n\n\
+        Windows: records (lines) tokenised one by one and concatenated (nanochat models get BOS\n\
+        before each), cut into windows of --seq-len + 1 tokens, each evaluated from position 0.")]
+    Eval(cli::eval::EvalArgs),
+    /// Continue a prompt with a whole model (greedy by default, sampled with --temperature).
+    #[command(after_help = "Examples:\n  \
+        l3kit generate --model packed/ --tokenizer tokenizer.json --prompt \"To be, or not\"\n  \
+        l3kit generate --model packed/ --prompt-ids 1,2,3 --max-new-tokens 16 --json")]
+    Generate(cli::generate::GenerateArgs),
     /// Evaluate any allocation on a held-out profile: coverage, E[d_t], bytes, starved tokens.
     #[command(after_help = "Examples:\n  \
         l3kit evaluate --allocation alloc.safetensors --profile heldout.safetensors\n  \
@@ -104,6 +116,8 @@ fn main() -> ExitCode {
         Command::Synth(args) => cli::synth::cmd_synth(args, cli.json),
         Command::Verify(args) => cli::verify::cmd_verify(args, &ui, cli.json),
         Command::Forward(args) => cli::forward::cmd_forward(args, cli.json),
+        Command::Eval(args) => cli::eval::cmd_eval(args, &ui, cli.json),
+        Command::Generate(args) => cli::generate::cmd_generate(args, cli.json),
         Command::Evaluate(args) => cli::evaluate::cmd_evaluate(args, cli.json),
         Command::Plan(args) => cli::plan::cmd_plan(args, &ui, cli.json),
         Command::Demo(args) => cli::demo::cmd_demo(args, &ui, cli.json),

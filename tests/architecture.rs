@@ -18,6 +18,7 @@ const ORDER: &[&str] = &[
     "pack",
     "serve",
     "model",
+    "infer",
     "verify",
     "hub",
     "synth",

@@ -4,8 +4,10 @@
 
 pub mod allocate;
 pub mod demo;
+pub mod eval;
 pub mod evaluate;
 pub mod forward;
+pub mod generate;
 pub mod inspect;
 pub mod pack;
 pub mod plan;
@@ -46,6 +48,54 @@ pub(crate) fn source_options(src: &SourceArgs) -> l3kit::verify::SourceOptions {
         dialect: src.dialect,
         map: src.map.clone(),
         allocation: src.allocation.clone(),
+    }
+}
+
+/// `--prefetch on|off`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum OnOff {
+    On,
+    Off,
+}
+
+/// The model a whole-model command runs, and how it is served.
+#[derive(clap::Args)]
+pub(crate) struct ModelArgs {
+    /// A packed folder or a source checkpoint folder.
+    #[arg(long)]
+    pub(crate) model: PathBuf,
+    /// Gather each step's L3 rows on a background thread while the first blocks run (on), or
+    /// inside each L3 layer (off). The outputs are identical.
+    #[arg(long, value_enum, default_value = "on")]
+    pub(crate) prefetch: OnOff,
+    /// cpu, cuda or auto (CUDA if built with it and a GPU is present, else CPU).
+    #[arg(long, default_value = "cpu")]
+    pub(crate) device: String,
+}
+
+impl ModelArgs {
+    pub(crate) fn prefetch(&self) -> bool {
+        self.prefetch == OnOff::On
+    }
+
+    pub(crate) fn open(
+        &self,
+        src: &l3kit::verify::SourceOptions,
+    ) -> l3kit::Result<l3kit::infer::OpenModel> {
+        self.open_other(&self.model, src)
+    }
+
+    /// Another model (a comparison's source) with the same serving choices.
+    pub(crate) fn open_other(
+        &self,
+        path: &std::path::Path,
+        src: &l3kit::verify::SourceOptions,
+    ) -> l3kit::Result<l3kit::infer::OpenModel> {
+        let (device, note) = l3kit::model::select_device(&self.device)?;
+        if let Some(n) = note {
+            eprintln!("note: {n}");
+        }
+        l3kit::infer::OpenModel::open(path, src, &device)
     }
 }
 

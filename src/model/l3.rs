@@ -171,12 +171,60 @@ impl L3Layer {
                 tables.row_width()
             )));
         }
+        let groups = Groups::new(token_ids);
+        let blocks = tables.gather(&groups.tokens)?;
+        self.forward_gathered_with(hidden, token_ids, &groups, &blocks, backend)
+    }
+
+    /// [`L3Layer::forward`] on rows gathered beforehand (by a prefetch): `groups` must be
+    /// `Groups::new(token_ids)` and `blocks` the rows of `groups.tokens`, in that order.
+    pub fn forward_gathered(
+        &self,
+        hidden: &Tensor,
+        token_ids: &[u32],
+        groups: &Groups,
+        blocks: &Blocks,
+    ) -> Result<Tensor> {
+        let backend = if self.device.is_cpu() {
+            Backend::Kernels
+        } else {
+            Backend::Candle
+        };
+        self.forward_gathered_with(hidden, token_ids, groups, blocks, backend)
+    }
+
+    fn forward_gathered_with(
+        &self,
+        hidden: &Tensor,
+        token_ids: &[u32],
+        groups: &Groups,
+        blocks: &Blocks,
+        backend: Backend,
+    ) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let want_width = if cfg.semantics.tied {
+            cfg.d_in
+        } else {
+            cfg.d_in + cfg.d_emb
+        };
+        if hidden.dims() != [token_ids.len(), cfg.d_in]
+            || groups.order.len() != token_ids.len()
+            || blocks.tokens != groups.tokens
+            || blocks.row_width != want_width
+        {
+            return Err(Error::Other(format!(
+                "L3 layer: hidden {:?}, {} ids, {} grouped positions, rows of width {} for {} tokens do not belong together",
+                hidden.dims(),
+                token_ids.len(),
+                groups.order.len(),
+                blocks.row_width,
+                blocks.tokens.len()
+            )));
+        }
         let x = hidden
             .to_dtype(DType::F32)
             .and_then(|t| t.to_device(&self.device))
             .map_err(ce)?;
-        let groups = Groups::new(token_ids);
-        let blocks = tables.gather(&groups.tokens)?;
         let q = rms_norm(&x, self.norm_in.as_ref(), cfg.semantics.norm_eps).map_err(ce)?;
         let a = match backend {
             Backend::Kernels => {
@@ -184,11 +232,11 @@ impl L3Layer {
                     .flatten_all()
                     .and_then(|t| t.to_vec1::<f32>())
                     .map_err(ce)?;
-                let a = attend_kernels(cfg, &q_host, &groups, &blocks);
+                let a = attend_kernels(cfg, &q_host, groups, blocks);
                 Tensor::from_vec(a, (token_ids.len(), cfg.d_emb), &self.device).map_err(ce)?
             }
             Backend::Candle => {
-                attend_candle(cfg, &q, &groups, &blocks, &self.device).map_err(ce)?
+                attend_candle(cfg, &q, groups, blocks, &self.device).map_err(ce)?
             }
         };
         self.project(&x, &a).map_err(ce)

@@ -36,6 +36,8 @@ pub trait TableSource: Send + Sync {
     fn vocab(&self) -> usize;
     fn row_width(&self) -> usize;
     fn bounds(&self) -> &[i64];
+    /// Bytes one row occupies where the rows are stored (what a gather reads).
+    fn stored_row_bytes(&self) -> u64;
     /// Gather the rows of `tokens` (distinct ids, any order) as f32 into `blocks`, reusing
     /// its buffer (a serving loop keeps one staging buffer and never reallocates it).
     fn gather_into(&self, tokens: &[u32], blocks: &mut Blocks) -> Result<()>;

@@ -194,6 +194,13 @@ impl TableSource for PackedStore {
     fn bounds(&self) -> &[i64] {
         &self.bounds
     }
+    fn stored_row_bytes(&self) -> u64 {
+        self.dtype.row_bytes(
+            self.key_width as u64,
+            (self.row_width - self.key_width) as u64,
+            self.tied,
+        )
+    }
 
     fn gather_into(&self, tokens: &[u32], blocks: &mut Blocks) -> Result<()> {
         check_tokens(tokens, self.vocab())?;

@@ -127,6 +127,10 @@ impl TableSource for SourceTables {
     fn bounds(&self) -> &[i64] {
         &self.bounds
     }
+    fn stored_row_bytes(&self) -> u64 {
+        let size = convert::float_size(self.dtype).unwrap_or(4) as u64;
+        (self.key_width + self.value_width) as u64 * size
+    }
 
     fn gather_into(&self, tokens: &[u32], blocks: &mut Blocks) -> Result<()> {
         check_tokens(tokens, self.vocab())?;

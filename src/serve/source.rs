@@ -128,7 +128,7 @@ impl TableSource for SourceTables {
         &self.bounds
     }
     fn stored_row_bytes(&self) -> u64 {
-        let size = convert::float_size(self.dtype).unwrap_or(4) as u64;
+        let size = self.dtype.size() as u64;
         (self.key_width + self.value_width) as u64 * size
     }
 

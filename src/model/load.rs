@@ -40,25 +40,26 @@ pub struct SourceOptions {
     pub allocation: Option<PathBuf>,
 }
 
-/// Is `path` a packed l3kit folder? This only picks the reader; the packed reader validates.
-/// A folder with an index whose `config.json` cannot be read (a FIFO, a device, too large) is
-/// handed to the packed reader too, so that the error names the file and what it is.
+/// Is `path` a packed l3kit folder (an index, and the packed format named in it or in
+/// `config.json`)? This only picks the reader; the packed reader validates. A folder with an
+/// index and a file that cannot be read (a FIFO, a device, too large) is handed to the packed
+/// reader too, so that the error names the file and what it is.
 pub fn is_packed(path: &Path) -> bool {
     let (index, config) = (path.join(INDEX_FILE), path.join(CONFIG_FILE));
     if std::fs::symlink_metadata(&index).is_err() {
         return false;
     }
-    let marked = |p: &Path| {
-        read_small(p, limits::CONFIG, "a config file").map(|bytes| {
+    let marked = |p: &Path, limit: u64| {
+        read_small(p, limit, "a packed model's JSON file").map(|bytes| {
             let mark = crate::formats::packed::PACKED_FORMAT.as_bytes();
             bytes.windows(mark.len()).any(|w| w == mark)
         })
     };
-    match marked(&config) {
-        Ok(true) => true,
-        Ok(false) => false,
-        Err(_) => std::fs::symlink_metadata(&config).is_ok(),
-    }
+    let unreadable_or_marked = |p: &Path, limit: u64| match marked(p, limit) {
+        Ok(m) => m,
+        Err(_) => std::fs::symlink_metadata(p).is_ok(),
+    };
+    unreadable_or_marked(&index, limits::INDEX) || unreadable_or_marked(&config, limits::CONFIG)
 }
 
 pub fn load_packed(dir: &Path, device: &Device) -> Result<LoadedModel> {

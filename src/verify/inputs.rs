@@ -69,10 +69,7 @@ impl Inputs {
                 u32::try_from(v).map_err(|_| {
                     Error::in_file(
                         path,
-                        format!(
-                            "token_ids[{i}] is {v}, not a token id (ids are 0 to {})",
-                            u32::MAX
-                        ),
+                        format!("token_ids[{i}] is {v}, not a token id (ids are 0 to 2^32 - 1)"),
                     )
                 })
             })

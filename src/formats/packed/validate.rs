@@ -639,14 +639,14 @@ impl Validator<'_> {
             let at = format!("l3.layers[{li}] ({})", l.name);
             let value_field = format!("{at}.lambda");
             let param_field = format!("{at}.params.lambda");
+            if add && l.lambda.is_none() {
+                return Err(self.bad(
+                    &value_field,
+                    "is null, but semantics.residual is add_lambda: the layer adds lambda x \
+                     its output to the hidden state and needs its lambda",
+                ));
+            }
             let (name, index) = match (&l.params.lambda, l.lambda) {
-                (None, None) if add => {
-                    return Err(self.bad(
-                        &value_field,
-                        "is null, but semantics.residual is add_lambda: the layer adds \
-                         lambda x its output to the hidden state and needs its lambda",
-                    ))
-                }
                 (None, None) => continue,
                 (Some(_), None) => {
                     return Err(self.bad(

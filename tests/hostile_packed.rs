@@ -257,11 +257,17 @@ impl Case {
 }
 
 #[test]
-fn pristine_folders_pass_everything() {
+fn pristine_folders_pass_everything_and_forward_rehashes_them() {
     for kind in [Kind::Paper, Kind::PaperInt8, Kind::Nano] {
         let c = case(kind);
         assert_ok(&c.check());
-        assert_ok(&c.forward(&[]));
+        let r: Value = serde_json::from_str(&assert_ok(&c.forward(&["--json"]))).unwrap();
+        let files = std::fs::read_dir(&c.packed).unwrap().count() as u64;
+        assert_eq!(
+            r["files_hashed"],
+            json!(files - 1),
+            "every file but the index: {r}"
+        );
         assert_ok(&c.verify(&[]));
         assert_ok(&c.unpack(&[]));
     }
@@ -567,23 +573,50 @@ fn wrong_dtypes_are_refused_at_the_edge() {
 }
 
 #[test]
-fn dense_weights_of_integers_are_an_error_not_a_panic() {
-    // The dense-weight loader checks dtypes itself, whatever the reader in front of it.
-    use l3kit::util::safetensors_file::{write_file, TensorBytes};
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("w.safetensors");
-    let t = TensorBytes {
-        name: "w".into(),
-        dtype: safetensors::Dtype::I32,
-        shape: vec![2],
-        data: vec![0u8; 8].into(),
-    };
-    write_file(&path, &[t], &Default::default(), 8).unwrap();
-    let ckpt = l3kit::Checkpoint::open(&path).unwrap();
-    let e = l3kit::model::var_builder(&ckpt, &["w"], &candle_core::Device::Cpu)
+fn integer_lambdas_in_a_source_checkpoint_are_an_error_not_a_panic() {
+    // The source side of item 11: `forward` and `verify` on a checkpoint whose lambdas are
+    // I32 used to panic in the conversion (`decode_f32 called with non-float dtype`).
+    let c = case(Kind::Nano);
+    let src_dir = c.root.join("int-lambdas");
+    std::fs::create_dir(&src_dir).unwrap();
+    let mut bytes = std::fs::read(fixture("checkpoints/nanochat/model.safetensors")).unwrap();
+    let (from, to) = (
+        br#""l3_lambdas":{"dtype":"F32""#.as_slice(),
+        br#""l3_lambdas":{"dtype":"I32""#.as_slice(),
+    );
+    let at = bytes.windows(from.len()).position(|w| w == from).unwrap();
+    bytes[at..at + to.len()].copy_from_slice(to);
+    std::fs::write(src_dir.join("model.safetensors"), bytes).unwrap();
+    let out = c.root.join("out.safetensors");
+    let before = snapshot(&c.root);
+    let o = run([
+        "forward",
+        "--model",
+        &s(&src_dir),
+        "--inputs",
+        &s(&c.inputs),
+        "--out",
+        &s(&out),
+    ]);
+    assert_refused(&o, 2, &["l3_lambdas", "I32", "model.safetensors"]);
+    let o = run([
+        "verify",
+        "--source",
+        &s(&src_dir),
+        "--packed",
+        &s(&c.packed),
+    ]);
+    assert_refused(&o, 2, &["l3_lambdas", "I32"]);
+    assert_eq!(snapshot(&c.root), before);
+    // The dense-weight loader checks dtypes itself too, whatever the reader in front of it.
+    let ckpt = l3kit::Checkpoint::open(&src_dir.join("model.safetensors")).unwrap();
+    let e = l3kit::model::var_builder(&ckpt, &["l3_lambdas"], &candle_core::Device::Cpu)
         .err()
         .expect("integers are refused");
-    assert!(e.to_string().contains("tensor w has dtype I32"), "{e}");
+    assert!(
+        e.to_string().contains("tensor l3_lambdas has dtype I32"),
+        "{e}"
+    );
 }
 
 // ---- the index and the files ----
@@ -638,6 +671,33 @@ fn special_files_are_named_for_what_they_are() {
             assert!(!stderr(&o).contains("no such file"), "{}", stderr(&o));
         }
     }
+}
+
+#[test]
+fn inputs_and_profiles_that_are_fifos_do_not_hang() {
+    let c = case(Kind::Paper);
+    let fifo = c.root.join("fifo.safetensors");
+    mkfifo(&fifo);
+    let o = run([
+        "forward",
+        "--model",
+        &s(&c.packed),
+        "--inputs",
+        &s(&fifo),
+        "--out",
+        &s(&c.root.join("out.safetensors")),
+    ]);
+    assert_refused(&o, 2, &["fifo.safetensors", "FIFO"]);
+    assert_refused(
+        &c.verify(&["--inputs", &s(&fifo)]),
+        2,
+        &["fifo.safetensors", "FIFO"],
+    );
+    assert_refused(
+        &c.verify(&["--profile", &s(&fifo)]),
+        2,
+        &["fifo.safetensors", "FIFO"],
+    );
 }
 
 #[test]

@@ -29,6 +29,26 @@ impl TableDtype {
         }
     }
 
+    /// The safetensors dtype the table's rows are stored as.
+    pub fn stored_dtype(self) -> Dtype {
+        match self {
+            TableDtype::F32 => Dtype::F32,
+            TableDtype::Bf16 => Dtype::BF16,
+            TableDtype::F16 => Dtype::F16,
+            TableDtype::Int8 => Dtype::I8,
+        }
+    }
+
+    /// The float dtype the rows decode from, or None for int8 (dequantised with scales).
+    pub fn float(self) -> Option<FloatDtype> {
+        match self {
+            TableDtype::F32 => Some(FloatDtype::F32),
+            TableDtype::Bf16 => Some(FloatDtype::Bf16),
+            TableDtype::F16 => Some(FloatDtype::F16),
+            TableDtype::Int8 => None,
+        }
+    }
+
     /// Bytes per stored value.
     pub fn value_bytes(self) -> u64 {
         match self {

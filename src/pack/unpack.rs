@@ -266,12 +266,7 @@ fn write_table(
     sink: &FileSink,
 ) -> Result<()> {
     let c = &model.config;
-    let packed = match c.dtype {
-        TableDtype::F32 => Some(FloatDtype::F32),
-        TableDtype::Bf16 => Some(FloatDtype::Bf16),
-        TableDtype::F16 => Some(FloatDtype::F16),
-        TableDtype::Int8 => None,
-    };
+    let packed = c.dtype.float();
     let elem = c.dtype.value_bytes() as usize;
     let width = layer.row_width as usize;
     let (col0, cols) = if values {

@@ -2,7 +2,7 @@
 //! (token, layer), converted to f32 (int8 dequantised) on the way.
 
 use super::{check_tokens, per_token_slices, staging, Blocks, TableSource};
-use crate::formats::dtype::{self as convert, FloatDtype, TableDtype};
+use crate::formats::dtype::{self as convert, TableDtype};
 use crate::formats::packed::{PackedConfig, PackedModel};
 use crate::util::error::{Error, Result};
 use rayon::prelude::*;
@@ -218,13 +218,7 @@ impl PackedStore {
     fn fill(&self, token: u32, dst: &mut [f32]) -> Result<()> {
         let (part, r0, r1) = self.locate(token)?;
         let bytes = self.rows_of(part, token, r0, r1)?;
-        let float = match self.dtype {
-            TableDtype::F32 => Some(FloatDtype::F32),
-            TableDtype::Bf16 => Some(FloatDtype::Bf16),
-            TableDtype::F16 => Some(FloatDtype::F16),
-            TableDtype::Int8 => None,
-        };
-        if let Some(f) = float {
+        if let Some(f) = self.dtype.float() {
             convert::decode_into(f, bytes, dst);
             return Ok(());
         }

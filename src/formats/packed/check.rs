@@ -90,9 +90,16 @@ impl CheckReport {
 /// Open a packed folder and check it: every hash and every invariant.
 pub fn check_packed(dir: &Path, ui: &Ui) -> CheckReport {
     let report = CheckReport::new(dir);
+    if !dir.is_dir() {
+        // Not a folder at all: the reader says what it is.
+        return match PackedModel::open(dir) {
+            Err(e) => report.refuse(e),
+            Ok(model) => check_packed_model(&model, ui),
+        };
+    }
     // A folder an interrupted `pack` left behind is what this check exists to catch: a
     // finding (exit 1), not unreadable input.
-    if dir.is_dir() && std::fs::symlink_metadata(dir.join(INDEX_FILE)).is_err() {
+    if std::fs::symlink_metadata(dir.join(INDEX_FILE)).is_err() {
         let mut report = report;
         report.problems.push(format!(
             "{}: no {INDEX_FILE}: not a packed model (or an interrupted pack)",

@@ -345,12 +345,7 @@ impl Validator<'_> {
         if l.parts.is_empty() {
             return Err(self.bad(&format!("{at}.parts"), "is empty"));
         }
-        let table_dtype = match c.dtype {
-            TableDtype::F32 => Dtype::F32,
-            TableDtype::Bf16 => Dtype::BF16,
-            TableDtype::F16 => Dtype::F16,
-            TableDtype::Int8 => Dtype::I8,
-        };
+        let table_dtype = c.dtype.stored_dtype();
         let scale_parts: u64 = if c.semantics.tied { 1 } else { 2 };
         let (mut next_token, mut next_row) = (0u64, 0u64);
         let mut bounds: Vec<i64> = Vec::new();

@@ -207,9 +207,7 @@ impl L3Layer {
                 let a = attend_kernels(cfg, &q_host, groups, blocks);
                 Tensor::from_vec(a, (token_ids.len(), cfg.d_emb), &self.device).map_err(ce)?
             }
-            Backend::Candle => {
-                attend_candle(cfg, &q, groups, blocks, &self.device).map_err(ce)?
-            }
+            Backend::Candle => attend_candle(cfg, &q, groups, blocks, &self.device).map_err(ce)?,
         };
         self.project(&x, &a).map_err(ce)
     }

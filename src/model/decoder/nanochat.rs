@@ -91,7 +91,9 @@ impl NanochatConfig {
         if self.n_layer == 0 || self.n_head == 0 || self.n_kv_head == 0 || self.n_embd == 0 {
             return bad("n_layer, n_head, n_kv_head and n_embd must be positive".into());
         }
-        if !self.n_embd.is_multiple_of(self.n_head) || !(self.n_embd / self.n_head).is_multiple_of(2) {
+        if !self.n_embd.is_multiple_of(self.n_head)
+            || !(self.n_embd / self.n_head).is_multiple_of(2)
+        {
             return bad(format!(
                 "n_embd {} must be n_head {} times an even head dimension",
                 self.n_embd, self.n_head

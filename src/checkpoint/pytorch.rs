@@ -239,9 +239,9 @@ fn layout(
     let elem = dtype.bitsize() / 8;
     let to_usize = |v: i128, what: &str| -> std::result::Result<usize, String> {
         if v < 0 {
-            Err(format!("{what} {v} is negative"))
+            Err(format!("{what}: {v} is negative"))
         } else {
-            usize::try_from(v).map_err(|_| format!("{what} {v} is too large"))
+            usize::try_from(v).map_err(|_| format!("{what}: {v} is too large"))
         }
     };
     if r.shape.len() != r.strides.len() {
@@ -252,11 +252,11 @@ fn layout(
     }
     let mut shape = Vec::with_capacity(r.shape.len());
     for &d in &r.shape {
-        shape.push(to_usize(d, &format!("shape {:?} holds", r.shape))?);
+        shape.push(to_usize(d, &format!("shape {:?}", r.shape))?);
     }
     let mut strides = Vec::with_capacity(r.strides.len());
     for &s in &r.strides {
-        strides.push(to_usize(s, &format!("stride {:?} holds", r.strides))?);
+        strides.push(to_usize(s, &format!("stride {:?}", r.strides))?);
     }
     let offset = to_usize(r.offset, "storage offset")?;
     let storage_numel = to_usize(r.storage_numel, "storage size")?;

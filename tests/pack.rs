@@ -847,6 +847,28 @@ fn lambdas_are_recorded_as_stored() {
     }
     // 0.3 and 0.7 are not bf16 values: the f32 value would differ.
     assert_ne!(model.config.layers[0].lambda, Some(0.3f32 as f64));
+
+    // Such a folder still verifies against its source (int8 tables leave room for the bf16
+    // dense weights): the rounded lambda is the same lambda.
+    let out = dir.path().join("int8");
+    let src = fixture("nanochat/default");
+    common::assert_ok(&common::run([
+        os(Path::new("pack")),
+        os(&src),
+        os(Path::new("--dtype")),
+        os(Path::new("int8")),
+        os(Path::new("--other-dtype")),
+        os(Path::new("bf16")),
+        os(Path::new("--out")),
+        os(&out),
+    ]));
+    common::assert_ok(&common::run([
+        os(Path::new("verify")),
+        os(Path::new("--source")),
+        os(&src),
+        os(Path::new("--packed")),
+        os(&out),
+    ]));
 }
 
 #[test]

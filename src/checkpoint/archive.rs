@@ -235,7 +235,10 @@ impl Archive {
             0 => read_at(file, e.data_start, e.size, u64::MAX, &e.name)?,
             8 => {
                 let raw = read_at(file, e.data_start, e.compressed, u64::MAX, &e.name)?;
-                let mut out = Vec::with_capacity(e.size as usize);
+                // Deflate expands at most about 1032 times: a size the data cannot reach is
+                // not reserved up front.
+                let mut out =
+                    Vec::with_capacity(e.size.min(e.compressed.saturating_mul(1032)) as usize);
                 flate2::read::DeflateDecoder::new(raw.as_slice())
                     .take(e.size + 1)
                     .read_to_end(&mut out)

@@ -202,7 +202,7 @@ impl Folder {
             format!(
                 "is a symbolic link to {}, outside the checkpoint folder {}; l3kit follows links \
                  only within the folder (and, in a Hugging Face cache snapshot, into the model's \
-                 blobs/ folder): copy the file into the folder instead",
+                 blobs/ folder): copy the file into the folder, or give the target's own path",
                 target.display(),
                 self.real.display()
             ),

@@ -373,7 +373,7 @@ pub struct OpenSafetensors {
 
 impl OpenSafetensors {
     pub fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path).with_path(path)?;
+        let file = crate::util::fs::open_regular(path)?;
         let header = read_safetensors_header(path, &file)?;
         Ok(OpenSafetensors {
             path: path.to_path_buf(),

@@ -121,6 +121,7 @@ pub fn model_card(dir: &Path, repo: &str) -> Result<String> {
     let residual = match c.semantics.residual {
         Residual::Replace => "the layer output replaces the hidden state",
         Residual::AddLambda => "x + lambda * out (a learned lambda per layer)",
+        Residual::Add => "x + out (an add residual without a lambda)",
     };
     let _ = writeln!(s, "| dialect | {} ({residual}) |", c.dialect);
     let _ = writeln!(

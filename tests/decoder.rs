@@ -128,7 +128,9 @@ fn packed_nanochat_models_run_from_their_folder() {
         let out = dir.path().join(variant);
         common::assert_ok(&common::run([
             "pack",
-            &fixture(&format!("nanochat/{variant}")).display().to_string(),
+            &fixture(&format!("nanochat/{variant}"))
+                .display()
+                .to_string(),
             "--out",
             &out.display().to_string(),
         ]));
@@ -138,7 +140,11 @@ fn packed_nanochat_models_run_from_their_folder() {
         let golden = fixture(&format!("golden/nanochat-{variant}.safetensors"));
         let (ids, shape) = read_i64(&golden, "token_ids");
         let ids = rows(&ids, &shape);
-        assert_eq!(logits(&packed, &ids, true), logits(&source, &ids, true), "{variant}");
+        assert_eq!(
+            logits(&packed, &ids, true),
+            logits(&source, &ids, true),
+            "{variant}"
+        );
     }
 }
 

@@ -49,6 +49,9 @@ pub fn check_budget(vocab: u64, n_emb: u64, k_max: u32) -> Result<()> {
 /// refused unless [`check_budget`] accepts it. The ratio is checked before it is converted,
 /// so `inf`, `nan` or `1e30` never become a saturated integer.
 pub fn n_emb_for_ratio(ratio: f64, vocab: u64, k_max: u32, flag: &str) -> Result<u64> {
+    if k_max == 0 {
+        return Err(Error::input("--k-max must be at least 1"));
+    }
     if !ratio.is_finite() || ratio <= 0.0 {
         return Err(Error::input(format!(
             "{flag} {ratio} must be a positive number"

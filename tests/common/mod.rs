@@ -138,7 +138,12 @@ pub fn assert_refused(out: &Output, code: i32, needles: &[&str]) {
         out.status,
         stdout(out)
     );
-    for bad in ["panicked", "RUST_BACKTRACE", "stack backtrace", "memory allocation of"] {
+    for bad in [
+        "panicked",
+        "RUST_BACKTRACE",
+        "stack backtrace",
+        "memory allocation of",
+    ] {
         assert!(!err.contains(bad), "stderr shows a crash ({bad}):\n{err}");
     }
     for n in needles {
@@ -195,5 +200,9 @@ pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, String> {
 pub fn mkfifo(path: &Path) {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
     // SAFETY: a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0, "mkfifo {path:?}");
+    assert_eq!(
+        unsafe { libc::mkfifo(c.as_ptr(), 0o600) },
+        0,
+        "mkfifo {path:?}"
+    );
 }

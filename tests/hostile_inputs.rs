@@ -281,33 +281,45 @@ fn ten_megabyte_line_without_newline() {
 }
 
 #[test]
-fn a_budget_met_before_a_long_line_never_reaches_it() {
-    // Whether the reader has already reached the long line when the budget is met depends on
-    // thread timing; the outcome must not.
+fn a_budget_met_before_a_bad_line_never_reaches_it() {
+    // The reader runs ahead of the scan, so whether it has reached a bad line when the budget
+    // is met depends on thread timing; the outcome must not: the sample ends before the line,
+    // and the line is never reported.
     let dir = tempfile::tempdir().unwrap();
     let corpus = dir.path().join("c.txt");
-    let mut text = String::new();
+    let mut head = Vec::new();
     for i in 0..2000 {
-        text.push_str(&format!("line number {i} of a short corpus\n"));
+        head.extend(format!("line number {i} of a short corpus\n").into_bytes());
     }
-    text.push_str(&"x".repeat(5 << 20));
-    std::fs::write(&corpus, &text).unwrap();
     let out = dir.path().join("p.st");
-    for _ in 0..3 {
+    for tail in [b"bad \xff byte\n".to_vec(), vec![b'x'; 5 << 20]] {
+        std::fs::write(&corpus, [head.as_slice(), &tail].concat()).unwrap();
+        for _ in 0..3 {
+            let res = run([
+                "--json",
+                "profile",
+                "--tokenizer",
+                &s(&gpt2()),
+                &s(&corpus),
+                "--max-tokens",
+                "5000",
+                "--out",
+                &s(&out),
+            ]);
+            let v: serde_json::Value = serde_json::from_str(&assert_ok(&res)).unwrap();
+            assert!(v["tokens"].as_u64().unwrap() <= 5000);
+            std::fs::remove_file(&out).unwrap();
+        }
+        // Without the budget the bad line is reached and named.
         let res = run([
-            "--json",
             "profile",
             "--tokenizer",
             &s(&gpt2()),
             &s(&corpus),
-            "--max-tokens",
-            "5000",
             "--out",
             &s(&out),
         ]);
-        let v: serde_json::Value = serde_json::from_str(&assert_ok(&res)).unwrap();
-        assert!(v["tokens"].as_u64().unwrap() <= 5000);
-        std::fs::remove_file(&out).unwrap();
+        assert_refused(&res, 2, &[&s(&corpus), "line 2001"]);
     }
 }
 
@@ -506,8 +518,41 @@ fn dev_zero_and_other_devices_are_refused() {
 }
 
 #[test]
-fn endless_fifo_stops_at_the_line_cap() {
+fn fifo_streams_are_read_and_bounded() {
     let dir = tempfile::tempdir().unwrap();
+    // A corpus through a pipe gives the same profile as the file.
+    let text = std::fs::read(fixture("corpus/heldout.txt")).unwrap();
+    let file = dir.path().join("c.txt");
+    std::fs::write(&file, &text).unwrap();
+    let fifo = dir.path().join("pipe");
+    let writer = fifo_writer(&fifo, text, Some(1));
+    let (a, b) = (dir.path().join("a.st"), dir.path().join("b.st"));
+    let tok = s(&gpt2());
+    assert_ok(&run([
+        "profile",
+        "--tokenizer",
+        &tok,
+        "--format",
+        "text",
+        &s(&fifo),
+        "--out",
+        &s(&a),
+    ]));
+    writer.join().unwrap();
+    assert_ok(&run([
+        "profile",
+        "--tokenizer",
+        &tok,
+        &s(&file),
+        "--out",
+        &s(&b),
+    ]));
+    let (pa, pb) = (
+        l3kit::profile::Profile::read(&a).unwrap(),
+        l3kit::profile::Profile::read(&b).unwrap(),
+    );
+    assert_eq!(pa.content_sha256, pb.content_sha256);
+    // A pipe that never ends a line stops at the cap.
     let fifo = dir.path().join("zeros");
     let writer = fifo_writer(&fifo, vec![0u8; 1 << 16], None);
     let started = Instant::now();
@@ -551,42 +596,6 @@ fn endless_id_fifo_stops_at_the_sequence_cap() {
     ]);
     assert_refused(&res, 2, &[&s(&fifo), "never came"]);
     writer.join().unwrap();
-}
-
-#[test]
-fn fifo_corpus_is_streamed_like_a_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let text = std::fs::read(fixture("corpus/heldout.txt")).unwrap();
-    let file = dir.path().join("c.txt");
-    std::fs::write(&file, &text).unwrap();
-    let fifo = dir.path().join("pipe");
-    let writer = fifo_writer(&fifo, text, Some(1));
-    let (a, b) = (dir.path().join("a.st"), dir.path().join("b.st"));
-    let tok = s(&gpt2());
-    assert_ok(&run([
-        "profile",
-        "--tokenizer",
-        &tok,
-        "--format",
-        "text",
-        &s(&fifo),
-        "--out",
-        &s(&a),
-    ]));
-    writer.join().unwrap();
-    assert_ok(&run([
-        "profile",
-        "--tokenizer",
-        &tok,
-        &s(&file),
-        "--out",
-        &s(&b),
-    ]));
-    let (pa, pb) = (
-        l3kit::profile::Profile::read(&a).unwrap(),
-        l3kit::profile::Profile::read(&b).unwrap(),
-    );
-    assert_eq!(pa.content_sha256, pb.content_sha256);
 }
 
 #[test]
@@ -943,21 +952,18 @@ fn profile_parquet(dir: &Path, bytes: &[u8]) -> (PathBuf, Vec<String>) {
 }
 
 #[test]
-fn hand_made_parquet_reads() {
-    let dir = tempfile::tempdir().unwrap();
-    let values = ["hello world\n", "a second row\n"];
-    let (_, args) = profile_parquet(dir.path(), &parquet_file(&values, &Craft::default()));
-    let v: serde_json::Value = {
-        let mut a = vec!["--json".to_string()];
-        a.extend(args);
-        serde_json::from_str(&assert_ok(&run(a))).unwrap()
-    };
-    assert_eq!(v["sequences"], 2);
-}
-
-#[test]
 fn parquet_page_claiming_two_gigabytes() {
     let dir = tempfile::tempdir().unwrap();
+    // The hand-made file reads when nothing is spoilt.
+    let good = ["hello world\n", "a second row\n"];
+    let (path, args) = profile_parquet(dir.path(), &parquet_file(&good, &Craft::default()));
+    let mut json = vec!["--json".to_string()];
+    json.extend(args);
+    let v: serde_json::Value = serde_json::from_str(&assert_ok(&run(json))).unwrap();
+    assert_eq!(v["sequences"], 2);
+    std::fs::remove_file(&path).unwrap();
+    std::fs::remove_file(dir.path().join("p.st")).unwrap();
+
     let values = ["hello world\n"];
     let mut snappy = Vec::new();
     {
@@ -1650,21 +1656,7 @@ fn synth_sizes_that_overflow_or_do_not_fit() {
         ],
         &["--out", "must be a folder"],
     );
-}
-
-fn free_bytes(path: &Path) -> Option<u64> {
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
-    // SAFETY: statvfs fills the zeroed struct; the path is NUL-terminated.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return None;
-    }
-    Some(st.f_bavail as u64 * st.f_frsize as u64)
-}
-
-#[test]
-fn synth_small_still_works() {
-    let dir = tempfile::tempdir().unwrap();
+    // A small checkpoint still works, and is valid safetensors.
     let out = dir.path().join("ckpt");
     assert_ok(&run([
         "synth",
@@ -1695,4 +1687,14 @@ fn synth_small_still_works() {
     );
     let bytes = std::fs::read(out.join("model.safetensors")).unwrap();
     safetensors::SafeTensors::deserialize(&bytes).unwrap();
+}
+
+fn free_bytes(path: &Path) -> Option<u64> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: statvfs fills the zeroed struct; the path is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_bavail as u64 * st.f_frsize as u64)
 }

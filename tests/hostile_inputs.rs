@@ -1291,6 +1291,42 @@ fn profile_claiming_a_vast_vocabulary() {
         );
         std::fs::remove_file(&p).unwrap();
     }
+    // At the limit, the claim is checked against the arrays present before anything of the
+    // vocabulary's size is allocated.
+    let from = r#"\"vocab_size\":10,"#;
+    let forged = header
+        .replace(from, r#"\"vocab_size\":16777216,"#)
+        .trim_end()
+        .to_string();
+    let mut out = (forged.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(forged.as_bytes());
+    out.extend_from_slice(&bytes[8 + n..]);
+    let p = dir.path().join("vast.safetensors");
+    std::fs::write(&p, out).unwrap();
+    let res = run_limited(
+        [
+            "allocate",
+            "--profile",
+            &s(&p),
+            "--n-emb",
+            "20000000",
+            "--out",
+            &s(&dir.path().join("a.st")),
+        ],
+        &[],
+        &Limits {
+            memory: 256 << 20,
+            ..Limits::default()
+        },
+    );
+    assert_refused(
+        &res,
+        2,
+        &[
+            &s(&p),
+            "unigram_counts has 10 entries for a vocabulary of 16777216",
+        ],
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -190,6 +190,10 @@ impl Codewords {
                 "{n} codewords, fewer than the vocabulary size {vocab}"
             ));
         }
+        // Codeword ids are 32-bit everywhere (parents, the walk order).
+        if n > NO_PARENT as usize {
+            return Err(format!("{n} codewords, more than 2^32 - 1"));
+        }
         for i in 0..n {
             let (p, t) = (parents[i], tokens[i]);
             if i < vocab as usize {

@@ -599,6 +599,62 @@ fn endless_id_fifo_stops_at_the_sequence_cap() {
 }
 
 #[test]
+fn fifo_that_stalls_after_the_budget_is_met() {
+    // The writer sends a corpus and then holds the pipe open without writing: the sample is
+    // complete, so the run must end rather than wait for the pipe. Text, gzip and ids.
+    let text = std::fs::read(fixture("corpus/heldout.txt")).unwrap();
+    let gz = {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(&text).unwrap();
+        enc.finish().unwrap()
+    };
+    let ids: Vec<u8> = std::iter::repeat_n([1u16, 2, 3, 0], 10_000)
+        .flatten()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let tok = s(&gpt2());
+    for (payload, args) in [
+        (text, vec!["--tokenizer", tok.as_str(), "--format", "text"]),
+        (gz, vec!["--tokenizer", tok.as_str(), "--format", "text"]),
+        (
+            ids,
+            vec!["--vocab-size", "10", "--separator", "0", "--format", "u16"],
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("pipe");
+        mkfifo(&fifo);
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let path = fifo.clone();
+        let writer = std::thread::spawn(move || {
+            let Ok(mut f) = std::fs::OpenOptions::new().write(true).open(&path) else {
+                return;
+            };
+            let _ = f.write_all(&payload);
+            let _ = release_rx.recv_timeout(Duration::from_secs(120));
+        });
+        let out = s(&dir.path().join("p.st"));
+        let mut all = vec!["--json", "profile", "--max-tokens", "20000"];
+        all.extend(args);
+        let f = s(&fifo);
+        all.extend([f.as_str(), "--out", out.as_str()]);
+        let res = run_limited(
+            &all,
+            &[],
+            &Limits {
+                time: Duration::from_secs(30),
+                ..Limits::default()
+            },
+        );
+        release_tx.send(()).unwrap();
+        writer.join().unwrap();
+        let v: serde_json::Value = serde_json::from_str(&assert_ok(&res)).unwrap();
+        assert!(v["tokens"].as_u64().unwrap() <= 20000);
+        assert!(v["tokens"].as_u64().unwrap() > 10000);
+    }
+}
+
+#[test]
 fn fifo_without_a_writer_is_given_up() {
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("silent");

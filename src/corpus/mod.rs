@@ -25,7 +25,7 @@ mod parquet;
 
 pub use crate::formats::profile::{IdSplit, InputFormat};
 use crate::util::error::{Error, IoContext, Result};
-use crate::util::fs::{kind_of, open_regular_or_fifo, set_blocking};
+use crate::util::fs::{kind_of, open_regular_or_fifo};
 use crate::util::json::json_kind;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
@@ -206,7 +206,7 @@ fn open_input(path: &Path) -> Result<Input> {
 }
 
 /// Wait for a FIFO opened without blocking to have a writer, for at most `wait`, and return
-/// it ready for blocking reads.
+/// it as a [`PipeReader`].
 ///
 /// A non-blocking read tells the cases apart: data (a writer, and the bytes it sent, which are
 /// kept), "would block" (a writer that has not written yet: from then on the stream is the
@@ -231,17 +231,68 @@ fn wait_for_writer(path: &Path, file: File, wait: Duration) -> Result<Box<dyn Re
             }
             Ok(n) => {
                 probe.truncate(n);
-                set_blocking(&file);
-                return Ok(Box::new(std::io::Cursor::new(probe).chain(file)));
+                let pipe = PipeReader::new(file);
+                return Ok(Box::new(std::io::Cursor::new(probe).chain(pipe)));
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                set_blocking(&file);
-                return Ok(Box::new(file));
+                return Ok(Box::new(PipeReader::new(file)));
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(Error::io(path, e)),
         }
     }
+}
+
+/// A pipe that says when it runs dry: the first read that finds no data returns
+/// `WouldBlock` (the readers then hand out the sequences they hold, so a writer that pauses
+/// after the budget is met cannot hold the sample back), and the next one waits for data.
+struct PipeReader {
+    file: File,
+    told: bool,
+}
+
+impl PipeReader {
+    fn new(file: File) -> Self {
+        PipeReader { file, told: false }
+    }
+}
+
+impl Read for PipeReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        loop {
+            match (&self.file).read(buf) {
+                Ok(n) => {
+                    self.told = false;
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if !self.told {
+                        self.told = true;
+                        return Err(e);
+                    }
+                    let mut fd = libc::pollfd {
+                        fd: self.file.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    // SAFETY: one pollfd we own; -1 waits until data or hang-up.
+                    let r = unsafe { libc::poll(&mut fd, 1, -1) };
+                    if r < 0 {
+                        let e = std::io::Error::last_os_error();
+                        if e.kind() != std::io::ErrorKind::Interrupted {
+                            return Err(e);
+                        }
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+fn would_block(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::WouldBlock
 }
 
 /// A line reader that looks through gzip (detected by its magic bytes, not the name).
@@ -271,9 +322,10 @@ enum Line {
     TooLong,
 }
 
-/// Read one line (its newline included) into `line`, refusing to hold more than `cap` bytes.
+/// Read one line (its newline included) onto the end of `line`, refusing to hold more than
+/// `cap` bytes. The caller clears `line` once it has used it: after an error such as
+/// `WouldBlock` the bytes read so far stay, and a second call goes on with the line.
 fn read_line_capped(r: &mut dyn BufRead, line: &mut Vec<u8>, cap: usize) -> std::io::Result<Line> {
-    line.clear();
     loop {
         let buf = match r.fill_buf() {
             Ok(b) => b,
@@ -396,8 +448,24 @@ fn scan_lines(
     let mut line_no = 0u64;
     let mut byte_offset = 0u64;
     loop {
-        let read = read_line_capped(reader, &mut line, cap)
-            .map_err(|e| Error::in_file(path, format!("read failed after line {line_no}: {e}")))?;
+        line.clear();
+        let read = loop {
+            match read_line_capped(reader, &mut line, cap) {
+                Ok(read) => break read,
+                // A pipe ran dry: hand out what is complete before waiting for more.
+                Err(e) if would_block(&e) => {
+                    if !pending.texts.is_empty() && !emit(pending.take()) {
+                        return Ok(ReadEnd::Stopped);
+                    }
+                }
+                Err(e) => {
+                    return Err(Error::in_file(
+                        path,
+                        format!("read failed after line {line_no}: {e}"),
+                    ))
+                }
+            }
+        };
         line_no += 1;
         match read {
             Line::Eof => return Ok(ReadEnd::Complete),
@@ -607,8 +675,8 @@ fn scan_ids(
     let budget = opts.max_ids;
     let mut current_len = 0usize; // ids of the open sequence already in `flat`
     loop {
-        let n = read_full(reader, &mut buf).with_path(path)?;
-        if n == 0 {
+        let (n, dry) = read_ids_full(reader, &mut buf, width).with_path(path)?;
+        if n == 0 && !dry {
             break;
         }
         if n % width != 0 {
@@ -685,7 +753,9 @@ fn scan_ids(
                 }
             }
         }
-        if pending.complete() >= BATCH_BYTES / 4 && !emit(pending.take(*index)) {
+        // Full enough, or a pipe ran dry: hand out the complete sequences.
+        let ready = pending.complete() >= BATCH_BYTES / 4 || (dry && pending.offsets.len() > 1);
+        if ready && !emit(pending.take(*index)) {
             return Ok(ReadEnd::Stopped);
         }
     }
@@ -699,18 +769,39 @@ fn scan_ids(
     Ok(ReadEnd::Complete)
 }
 
-/// Fill `buf` as far as the reader allows (short reads are retried until end of file).
+/// Fill `buf` as far as the reader allows (short reads are retried until end of file; a
+/// pipe that runs dry is waited on).
 fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
         match reader.read(&mut buf[filled..]) {
             Ok(0) => break,
             Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted || would_block(&e) => {}
             Err(e) => return Err(e),
         }
     }
     Ok(filled)
+}
+
+/// [`read_full`] for ids: also stops, returning `true`, when a pipe runs dry on a whole
+/// number of ids, so the complete sequences can be handed out before it is waited on.
+fn read_ids_full(
+    reader: &mut impl Read,
+    buf: &mut [u8],
+    width: usize,
+) -> std::io::Result<(usize, bool)> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if would_block(&e) && filled % width == 0 => return Ok((filled, true)),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted || would_block(&e) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((filled, false))
 }
 
 #[cfg(test)]
@@ -839,26 +930,18 @@ mod tests {
 
     #[test]
     fn capped_lines() {
+        let read = |r: &mut &[u8], line: &mut Vec<u8>| read_line_capped(r, line, 3).unwrap();
         let mut r: &[u8] = b"ab\ncdef\ngh";
         let mut line = Vec::new();
-        assert!(matches!(
-            read_line_capped(&mut r, &mut line, 3).unwrap(),
-            Line::Read
-        ));
+        assert!(matches!(read(&mut r, &mut line), Line::Read));
         assert_eq!(line, b"ab\n");
-        assert!(matches!(
-            read_line_capped(&mut r, &mut line, 3).unwrap(),
-            Line::TooLong
-        ));
+        line.clear();
+        assert!(matches!(read(&mut r, &mut line), Line::TooLong));
         let mut r: &[u8] = b"abc";
-        assert!(matches!(
-            read_line_capped(&mut r, &mut line, 3).unwrap(),
-            Line::Read
-        ));
-        assert!(matches!(
-            read_line_capped(&mut r, &mut line, 3).unwrap(),
-            Line::Eof
-        ));
+        line.clear();
+        assert!(matches!(read(&mut r, &mut line), Line::Read));
+        line.clear();
+        assert!(matches!(read(&mut r, &mut line), Line::Eof));
     }
 
     #[test]

@@ -248,6 +248,9 @@ pub fn run(opts: &ProfileOptions, ui: &Ui) -> Result<(Profile, ProfileSummary)> 
         })
     };
 
+    // Dropped by the scanner when it ends: wakes this thread even while the reader is stuck
+    // in a read (a pipe whose writer stalls after the budget was met).
+    let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
     let scanner = {
         let stop = stop.clone();
         let variant = opts.variant;
@@ -255,12 +258,20 @@ pub fn run(opts: &ProfileOptions, ui: &Ui) -> Result<(Profile, ProfileSummary)> 
             let result = scan_batches(tok_rx, vocab, variant, max_tokens);
             // Whatever ended the scan, the reader need not go on.
             stop.store(true, Ordering::Relaxed);
+            drop(done_tx);
             result
         })
     };
 
     // Tokenise on this thread (rayon spreads each batch over all cores).
-    for msg in raw_rx.iter() {
+    loop {
+        let msg = crossbeam_channel::select! {
+            recv(raw_rx) -> msg => match msg {
+                Ok(msg) => msg,
+                Err(_) => break, // the reader is done
+            },
+            recv(done_rx) -> _ => break, // the scanner is done
+        };
         let (out, last) = match msg {
             Msg::Batch(RawBatch::Ids {
                 origin,
@@ -304,10 +315,11 @@ pub fn run(opts: &ProfileOptions, ui: &Ui) -> Result<(Profile, ProfileSummary)> 
     }
     drop(raw_rx);
     drop(tok_tx);
-    let joined_reader = reader.join();
     let scan_result = scanner.join();
     bar.finish_and_clear();
-    if joined_reader.is_err() {
+    // A reader still blocked in a read (a stalled pipe) has nothing the result needs: it is
+    // left to end on its own, at its next read or with the process. Its sends fail from now.
+    if reader.is_finished() && reader.join().is_err() {
         return Err(Error::Other("the corpus reader thread failed".into()));
     }
     let scan = scan_result.map_err(|_| Error::Other("the LZW scanner thread failed".into()))??;

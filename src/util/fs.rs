@@ -72,8 +72,8 @@ pub fn open_regular(path: &Path) -> Result<File> {
 /// `/dev/fd/N` of a shell's `<(command)`), refusing devices, sockets and folders.
 ///
 /// The open never blocks. A regular file is returned ready for ordinary reads; a FIFO is
-/// returned still in non-blocking mode (`is_fifo` true), so the caller decides how long to
-/// wait for a writer (see [`set_blocking`]).
+/// returned still in non-blocking mode, so the caller decides how long to wait for a writer
+/// and for data.
 pub fn open_regular_or_fifo(path: &Path) -> Result<(File, Metadata)> {
     let (file, meta) = open_nonblocking(path)?;
     if meta.is_file() {
@@ -101,7 +101,7 @@ fn open_nonblocking(path: &Path) -> Result<(File, Metadata)> {
 }
 
 /// Clear `O_NONBLOCK` on a descriptor opened by this module, so reads wait for data again.
-pub fn set_blocking(file: &File) {
+fn set_blocking(file: &File) {
     // SAFETY: fcntl on a descriptor the caller owns; no memory is passed.
     unsafe {
         use std::os::fd::AsRawFd;

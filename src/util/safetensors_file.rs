@@ -132,7 +132,8 @@ pub struct MappedSafetensors {
 
 impl MappedSafetensors {
     pub fn open(path: &Path) -> Result<Self> {
-        let file = std::fs::File::open(path).with_path(path)?;
+        // Never a FIFO (File::open would wait for a writer forever) or a device.
+        let file = crate::util::fs::open_regular(path)?;
         // SAFETY: the map is read-only; l3kit never writes the files it reads while mapped.
         // A file truncated by someone else meanwhile would fault, which is the accepted risk
         // of every mmap-based safetensors reader.

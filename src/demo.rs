@@ -239,7 +239,7 @@ pub fn run(data_dir: &Path, out_dir: &Path, ui: &Ui) -> Result<DemoResult> {
             dtype: TableDtype::Bf16,
         }),
         Some(&tok),
-    );
+    )?;
     let plan = crate::allocate::plan::sweep::demo(&profile, &profile_path, data_dir, out_dir, ui)?;
     let trained = trained_demo(data_dir, out_dir, ui)?;
     Ok(DemoResult {

@@ -105,6 +105,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Die quietly on a closed pipe (`l3kit ... --json | head`), as Unix tools do, instead of
+    // panicking in println!.
+    // SAFETY: setting a signal's disposition to the default before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let ui = Ui { quiet: cli.quiet };
     let result = match cli.command {

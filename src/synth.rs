@@ -9,6 +9,7 @@ use crate::checkpoint::dialect::Dialect;
 use crate::formats::allocation::{Allocation, AllocationMeta};
 use crate::formats::dtype as convert;
 use crate::formats::dtype::TableDtype;
+use crate::formats::profile::MAX_VOCAB;
 use crate::util::atomic_file::AtomicFile;
 use crate::util::error::{Error, IoContext, Result};
 use crate::util::safetensors_file as st;
@@ -59,11 +60,25 @@ impl Rng {
     }
 }
 
+/// The largest checkpoint `synth` writes: 1 TiB (the free disk space is checked too).
+pub const MAX_SYNTH_BYTES: u64 = 1 << 40;
+
+/// The most L3 layers (`--layers`) a synthetic checkpoint may have.
+pub const MAX_LAYERS: usize = 1024;
+
 /// A Zipf-shaped allocation: weights 1/(t+1), floor 1, cap k_max, exact total.
 pub fn zipf_allocation(vocab: u64, n_emb: u64, k_max: u32) -> Result<Allocation> {
+    let vocab32 = u32::try_from(vocab)
+        .ok()
+        .filter(|v| (1..=MAX_VOCAB).contains(v))
+        .ok_or_else(|| {
+            Error::input(format!(
+                "--vocab {vocab} is out of range: 1 to {MAX_VOCAB} tokens"
+            ))
+        })?;
     crate::allocate::check_budget(vocab, n_emb, k_max)?;
     let weights: Vec<u64> = (0..vocab).map(|t| 1_000_000_000 / (t + 1)).collect();
-    let mut rows = vec![1u32; vocab as usize];
+    let mut rows = vec![1u32; vocab32 as usize];
     proportional_fill(&mut rows, &weights, n_emb - vocab, k_max);
     Allocation::from_rows(
         &rows,
@@ -71,13 +86,144 @@ pub fn zipf_allocation(vocab: u64, n_emb: u64, k_max: u32) -> Result<Allocation>
             method: "synthetic-zipf".into(),
             k_max,
             n_emb,
-            vocab_size: vocab as u32,
+            vocab_size: vocab32,
             ..Default::default()
         },
     )
 }
 
+/// One tensor of the synthetic checkpoint: name, dtype, shape, init scale (0 for bounds and
+/// lambdas) and its size in bytes.
+struct Spec {
+    name: String,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    scale: f32,
+    numel: usize,
+    bytes: u64,
+}
+
+/// The tensors of the checkpoint, every size computed with checked arithmetic: a product or
+/// sum that overflows is an error naming the flags, never a wrong header offset.
+fn plan_tensors(opts: &SynthOptions, table_dtype: Dtype) -> Result<Vec<Spec>> {
+    let tied = opts.dialect == Dialect::Nanochat;
+    let d_emb = if tied { opts.d_in } else { opts.d_emb };
+    let too_big = || {
+        Error::input(format!(
+            "--vocab {} --n-emb {} --d-in {} --d-emb {} --d-up {}: the checkpoint's sizes do not \
+             fit 64 bits",
+            opts.vocab, opts.n_emb, opts.d_in, opts.d_emb, opts.d_up
+        ))
+    };
+    let dim = |v: u64| usize::try_from(v).map_err(|_| too_big());
+    let (vocab, d_in, d_emb, d_up, n) = (
+        dim(opts.vocab)?,
+        dim(opts.d_in)?,
+        dim(d_emb)?,
+        dim(opts.d_up)?,
+        dim(opts.n_emb)?,
+    );
+    let d_mix = d_up.checked_add(d_in).ok_or_else(too_big)?;
+    let bounds_len = vocab.checked_add(1).ok_or_else(too_big)?;
+    let mut raw: Vec<(String, Dtype, Vec<usize>, f32)> = Vec::new();
+    raw.push((
+        "transformer.wte.weight".to_string(),
+        Dtype::F32,
+        vec![vocab, d_in],
+        0.02,
+    ));
+    for id in &opts.layers {
+        match opts.dialect {
+            Dialect::Paper => {
+                let p = format!("l3.{id}");
+                raw.push((format!("{p}.w_k.weight"), table_dtype, vec![n, d_in], 1.0));
+                raw.push((format!("{p}.w_v.weight"), table_dtype, vec![n, d_emb], 1.0));
+                raw.push((
+                    format!("{p}.w_up.weight"),
+                    Dtype::F32,
+                    vec![d_up, d_emb],
+                    0.05,
+                ));
+                raw.push((
+                    format!("{p}.w_mix.weight"),
+                    Dtype::F32,
+                    vec![d_in, d_mix],
+                    0.02,
+                ));
+                raw.push((format!("{p}.norm_in.weight"), Dtype::F32, vec![d_in], 1.0));
+                raw.push((format!("{p}.norm_out.weight"), Dtype::F32, vec![d_up], 1.0));
+            }
+            Dialect::Nanochat => {
+                let p = format!("l3_layers.{id}");
+                raw.push((format!("{p}.kv_weight"), table_dtype, vec![n, d_in], 1.0));
+                raw.push((format!("{p}.bounds"), Dtype::I64, vec![bounds_len], 0.0));
+                raw.push((
+                    format!("{p}.w_up.weight"),
+                    Dtype::F32,
+                    vec![d_up, d_in],
+                    0.05,
+                ));
+                raw.push((
+                    format!("{p}.w_mix.weight"),
+                    Dtype::F32,
+                    vec![d_in, d_mix],
+                    0.02,
+                ));
+            }
+        }
+    }
+    if tied {
+        raw.push((
+            "l3_lambdas".into(),
+            Dtype::F32,
+            vec![opts.layers.len()],
+            0.0,
+        ));
+    }
+    raw.sort_by(|a, b| a.0.cmp(&b.0));
+    raw.into_iter()
+        .map(|(name, dtype, shape, scale)| {
+            let numel = shape
+                .iter()
+                .try_fold(1usize, |a, &d| a.checked_mul(d))
+                .ok_or_else(too_big)?;
+            let bytes = u64::try_from(numel)
+                .ok()
+                .and_then(|n| n.checked_mul(dtype.bitsize() as u64 / 8))
+                .ok_or_else(too_big)?;
+            Ok(Spec {
+                name,
+                dtype,
+                shape,
+                scale,
+                numel,
+                bytes,
+            })
+        })
+        .collect()
+}
+
+/// Bytes free for an unprivileged writer in the filesystem that holds `path` (or its
+/// nearest existing ancestor), when the OS reports it.
+fn free_bytes(path: &Path) -> Option<u64> {
+    let mut p = crate::util::fs::resolve(path).ok()?;
+    while !p.exists() {
+        p = p.parent()?.to_path_buf();
+    }
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: statvfs writes into the zeroed struct we own; the path is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    (st.f_bavail as u64).checked_mul(st.f_frsize as u64)
+}
+
 /// Write a synthetic checkpoint folder: `model.safetensors` (+ `allocation.safetensors`).
+///
+/// Every size is checked before anything is created: the tensors' sizes with checked
+/// arithmetic, their total against [`MAX_SYNTH_BYTES`] and the free disk space. A failure
+/// part-way removes what was written (and the folder, when this run made it).
 pub fn synthesize(opts: &SynthOptions) -> Result<SynthSummary> {
     if !matches!(
         opts.dtype,
@@ -88,91 +234,89 @@ pub fn synthesize(opts: &SynthOptions) -> Result<SynthSummary> {
     if opts.layers.is_empty() {
         return Err(Error::input("at least one L3 layer is needed"));
     }
-    std::fs::create_dir_all(&opts.out).with_path(&opts.out)?;
-    let alloc = zipf_allocation(opts.vocab, opts.n_emb, opts.k_max)?;
+    if opts.layers.len() > MAX_LAYERS {
+        return Err(Error::input(format!(
+            "--layers has {} entries; a synthetic checkpoint has at most {MAX_LAYERS}",
+            opts.layers.len()
+        )));
+    }
+    let mut sorted = opts.layers.clone();
+    sorted.sort_unstable();
+    if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
+        return Err(Error::input(format!("--layers names layer {} twice", w[0])));
+    }
+    let tied = opts.dialect == Dialect::Nanochat;
+    if opts.d_in == 0 || opts.d_up == 0 || (!tied && opts.d_emb == 0) {
+        return Err(Error::input(
+            "--d-in, --d-emb and --d-up must be at least 1",
+        ));
+    }
+    if opts.vocab == 0 || opts.vocab > u64::from(MAX_VOCAB) {
+        return Err(Error::input(format!(
+            "--vocab {} is out of range: 1 to {MAX_VOCAB} tokens",
+            opts.vocab
+        )));
+    }
+    crate::allocate::check_budget(opts.vocab, opts.n_emb, opts.k_max)?;
     let table_dtype = match opts.dtype {
         TableDtype::F32 => Dtype::F32,
         TableDtype::F16 => Dtype::F16,
         _ => Dtype::BF16,
     };
-    let tied = opts.dialect == Dialect::Nanochat;
-    let d_emb = if tied { opts.d_in } else { opts.d_emb };
-    let (d_in, d_up, n) = (opts.d_in as usize, opts.d_up as usize, opts.n_emb as usize);
-
-    // (name, dtype, shape, init scale or None for bounds/lambdas)
-    let mut specs: Vec<(String, Dtype, Vec<usize>, f32)> = Vec::new();
-    let embed = "transformer.wte.weight".to_string();
-    specs.push((embed, Dtype::F32, vec![opts.vocab as usize, d_in], 0.02));
-    for (i, id) in opts.layers.iter().enumerate() {
-        let _ = i;
-        match opts.dialect {
-            Dialect::Paper => {
-                let p = format!("l3.{id}");
-                specs.push((format!("{p}.w_k.weight"), table_dtype, vec![n, d_in], 1.0));
-                specs.push((
-                    format!("{p}.w_v.weight"),
-                    table_dtype,
-                    vec![n, d_emb as usize],
-                    1.0,
-                ));
-                specs.push((
-                    format!("{p}.w_up.weight"),
-                    Dtype::F32,
-                    vec![d_up, d_emb as usize],
-                    0.05,
-                ));
-                specs.push((
-                    format!("{p}.w_mix.weight"),
-                    Dtype::F32,
-                    vec![d_in, d_up + d_in],
-                    0.02,
-                ));
-                specs.push((format!("{p}.norm_in.weight"), Dtype::F32, vec![d_in], 1.0));
-                specs.push((format!("{p}.norm_out.weight"), Dtype::F32, vec![d_up], 1.0));
-            }
-            Dialect::Nanochat => {
-                let p = format!("l3_layers.{id}");
-                specs.push((format!("{p}.kv_weight"), table_dtype, vec![n, d_in], 1.0));
-                specs.push((
-                    format!("{p}.bounds"),
-                    Dtype::I64,
-                    vec![opts.vocab as usize + 1],
-                    0.0,
-                ));
-                specs.push((
-                    format!("{p}.w_up.weight"),
-                    Dtype::F32,
-                    vec![d_up, d_in],
-                    0.05,
-                ));
-                specs.push((
-                    format!("{p}.w_mix.weight"),
-                    Dtype::F32,
-                    vec![d_in, d_up + d_in],
-                    0.02,
-                ));
-            }
+    let specs = plan_tensors(opts, table_dtype)?;
+    let total = specs
+        .iter()
+        .try_fold(0u64, |a, s| a.checked_add(s.bytes))
+        .filter(|&t| t <= MAX_SYNTH_BYTES)
+        .ok_or_else(|| {
+            Error::input(format!(
+                "--vocab {} --n-emb {} --d-in {} --d-emb {} --d-up {} --layers ({}): the \
+                 checkpoint would be larger than the {MAX_SYNTH_BYTES}-byte (1 TiB) limit",
+                opts.vocab,
+                opts.n_emb,
+                opts.d_in,
+                opts.d_emb,
+                opts.d_up,
+                opts.layers.len()
+            ))
+        })?;
+    let alloc_bytes = (opts.vocab + 1) * 8 + 4096;
+    let need = total + alloc_bytes + (1 << 20);
+    if let Some(free) = free_bytes(&opts.out) {
+        if need > free {
+            return Err(Error::in_file(
+                &opts.out,
+                format!(
+                    "the checkpoint needs {} of disk space and only {} is free",
+                    crate::util::units::human_bytes(need as f64),
+                    crate::util::units::human_bytes(free as f64)
+                ),
+            ));
         }
     }
-    if tied {
-        specs.push((
-            "l3_lambdas".into(),
-            Dtype::F32,
-            vec![opts.layers.len()],
-            0.0,
-        ));
+    let alloc = zipf_allocation(opts.vocab, opts.n_emb, opts.k_max)?;
+    let made = !opts.out.exists();
+    std::fs::create_dir_all(&opts.out).with_path(&opts.out)?;
+    let written = write_checkpoint(opts, &alloc, &specs);
+    if written.is_err() && made {
+        let _ = std::fs::remove_dir_all(&opts.out);
     }
-    specs.sort_by(|a, b| a.0.cmp(&b.0));
+    let (path, alloc_path) = written?;
+    Ok(SynthSummary {
+        checkpoint: path,
+        allocation: alloc_path,
+        bytes: total,
+    })
+}
+
+fn write_checkpoint(
+    opts: &SynthOptions,
+    alloc: &Allocation,
+    specs: &[Spec],
+) -> Result<(PathBuf, PathBuf)> {
     let header_specs: Vec<_> = specs
         .iter()
-        .map(|(name, d, s, _)| {
-            (
-                name.clone(),
-                *d,
-                s.clone(),
-                s.iter().product::<usize>() * d.bitsize() / 8,
-            )
-        })
+        .map(|s| (s.name.clone(), s.dtype, s.shape.clone(), s.bytes as usize))
         .collect();
     let mut metadata = BTreeMap::new();
     metadata.insert("format".to_string(), "pt".to_string());
@@ -183,46 +327,40 @@ pub fn synthesize(opts: &SynthOptions) -> Result<SynthSummary> {
         .with_path(&path)?;
     file.write_all(&header).with_path(&path)?;
     let mut rng = Rng(opts.seed);
-    let mut total = 0u64;
     let mut floats = Vec::new();
     let mut bytes = Vec::new();
-    for (name, dtype, shape, scale) in &specs {
-        let numel: usize = shape.iter().product();
-        if *dtype == Dtype::I64 {
+    for spec in specs {
+        if spec.dtype == Dtype::I64 {
             bytes.clear();
             bytes.extend(alloc.bounds().iter().flat_map(|v| v.to_le_bytes()));
             file.write_all(&bytes).with_path(&path)?;
-        } else if name.ends_with("l3_lambdas") {
+        } else if spec.name.ends_with("l3_lambdas") {
             bytes.clear();
-            let lambdas: Vec<f32> = (0..numel).map(|i| 0.5 + 0.25 * i as f32).collect();
+            let lambdas: Vec<f32> = (0..spec.numel).map(|i| 0.5 + 0.25 * i as f32).collect();
             convert::encode_f32(Dtype::F32, &lambdas, &mut bytes);
             file.write_all(&bytes).with_path(&path)?;
         } else {
-            let mut left = numel;
+            let mut left = spec.numel;
             while left > 0 {
                 let step = left.min(1 << 20);
                 floats.clear();
-                if name.contains("norm_") {
+                if spec.name.contains("norm_") {
                     floats.extend((0..step).map(|_| 1.0 + rng.next_f32(0.1)));
                 } else {
-                    floats.extend((0..step).map(|_| rng.next_f32(*scale)));
+                    floats.extend((0..step).map(|_| rng.next_f32(spec.scale)));
                 }
                 bytes.clear();
-                convert::encode_f32(*dtype, &floats, &mut bytes);
+                convert::encode_f32(spec.dtype, &floats, &mut bytes);
                 file.write_all(&bytes).with_path(&path)?;
                 left -= step;
             }
         }
-        total += (numel * dtype.bitsize() / 8) as u64;
     }
-    file.commit()?;
+    // The allocation first: if it cannot be written, the model's temporary file goes too.
     let alloc_path = opts.out.join("allocation.safetensors");
     alloc.write(&alloc_path)?;
-    Ok(SynthSummary {
-        checkpoint: path,
-        allocation: alloc_path,
-        bytes: total,
-    })
+    file.commit()?;
+    Ok((path, alloc_path))
 }
 
 /// Convenience for tests: a small synthetic checkpoint in `dir`.

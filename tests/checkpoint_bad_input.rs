@@ -606,3 +606,682 @@ mod fuzz {
         }
     }
 }
+
+// ---- PyTorch files crafted byte by byte (tests have no Python) ----
+
+/// `torch.save`-style zip files written from Rust: a pickle of a state dict of
+/// `_rebuild_tensor_v2` records, the storages as `archive/data/KEY`, stored uncompressed.
+mod pt {
+    /// One tensor record, as `torch.save` writes it (every field may be made wrong).
+    #[derive(Clone, Debug)]
+    pub struct Rec {
+        pub storage: String,
+        pub key: String,
+        pub location: String,
+        pub storage_numel: i64,
+        pub offset: i64,
+        pub shape: Vec<i64>,
+        pub stride: Vec<i64>,
+        /// The rebuild function (module, name).
+        pub func: (String, String),
+    }
+
+    impl Rec {
+        /// A contiguous f32 tensor of `shape` over its own storage `key`.
+        pub fn f32(key: &str, shape: &[i64]) -> Rec {
+            let mut stride = vec![1i64; shape.len()];
+            for k in (0..shape.len().saturating_sub(1)).rev() {
+                stride[k] = stride[k + 1] * shape[k + 1];
+            }
+            Rec {
+                storage: "FloatStorage".into(),
+                key: key.into(),
+                location: "cuda:0".into(),
+                storage_numel: shape.iter().product(),
+                offset: 0,
+                shape: shape.to_vec(),
+                stride,
+                func: ("torch._utils".into(), "_rebuild_tensor_v2".into()),
+            }
+        }
+
+        pub fn with_storage(mut self, class: &str) -> Rec {
+            self.storage = class.into();
+            self
+        }
+    }
+
+    /// A pickle writer with just the opcodes torch.save uses.
+    pub struct Pickle(pub Vec<u8>);
+
+    impl Pickle {
+        /// Protocol 2, an empty dict and a MARK: items follow, `finish` closes them.
+        pub fn state_dict() -> Pickle {
+            Pickle(vec![0x80, 2, b'}', b'('])
+        }
+        pub fn str(&mut self, s: &str) {
+            self.0.push(b'X');
+            self.0.extend_from_slice(&(s.len() as u32).to_le_bytes());
+            self.0.extend_from_slice(s.as_bytes());
+        }
+        /// BININT for what fits (the form torch writes), LONG1 for the rest.
+        pub fn int(&mut self, v: i64) {
+            if (0..=i32::MAX as i64).contains(&v) {
+                self.0.push(b'J');
+                self.0.extend_from_slice(&(v as i32).to_le_bytes());
+            } else {
+                self.0.extend_from_slice(&[0x8a, 8]);
+                self.0.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        pub fn global(&mut self, module: &str, name: &str) {
+            self.0.push(b'c');
+            self.0
+                .extend_from_slice(format!("{module}\n{name}\n").as_bytes());
+        }
+        pub fn ints(&mut self, v: &[i64]) {
+            self.0.push(b'(');
+            for &x in v {
+                self.int(x);
+            }
+            self.0.push(b't');
+        }
+        pub fn tensor(&mut self, name: &str, r: &Rec) {
+            self.str(name);
+            self.global(&r.func.0, &r.func.1);
+            self.0.extend_from_slice(b"((");
+            self.str("storage");
+            self.global("torch", &r.storage);
+            self.str(&r.key);
+            self.str(&r.location);
+            self.int(r.storage_numel);
+            self.0.extend_from_slice(b"tQ");
+            self.int(r.offset);
+            self.ints(&r.shape);
+            self.ints(&r.stride);
+            self.0.push(0x89);
+            self.global("collections", "OrderedDict");
+            self.0.extend_from_slice(b")Rt");
+            self.0.push(b'R');
+        }
+        /// A raw value under `name` (bytes that push one object).
+        pub fn raw(&mut self, name: &str, value: &[u8]) {
+            self.str(name);
+            self.0.extend_from_slice(value);
+        }
+        pub fn finish(mut self) -> Vec<u8> {
+            self.0.extend_from_slice(b"u.");
+            self.0
+        }
+    }
+
+    fn crc32(data: &[u8]) -> u32 {
+        let mut c = flate2::Crc::new();
+        c.update(data);
+        c.sum()
+    }
+
+    /// A zip of stored entries.
+    pub fn zip(entries: &[(String, Vec<u8>)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut dir = Vec::new();
+        for (name, data) in entries {
+            let offset = out.len() as u32;
+            let crc = crc32(data);
+            let mut fixed = Vec::new();
+            fixed.extend_from_slice(&20u16.to_le_bytes()); // version needed
+            fixed.extend_from_slice(&0u16.to_le_bytes()); // flags
+            fixed.extend_from_slice(&0u16.to_le_bytes()); // stored
+            fixed.extend_from_slice(&0u32.to_le_bytes()); // time, date
+            fixed.extend_from_slice(&crc.to_le_bytes());
+            fixed.extend_from_slice(&(data.len() as u32).to_le_bytes());
+            fixed.extend_from_slice(&(data.len() as u32).to_le_bytes());
+            fixed.extend_from_slice(&(name.len() as u16).to_le_bytes());
+            fixed.extend_from_slice(&0u16.to_le_bytes()); // extra
+            out.extend_from_slice(b"PK\x03\x04");
+            out.extend_from_slice(&fixed);
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(data);
+            dir.extend_from_slice(b"PK\x01\x02");
+            dir.extend_from_slice(&20u16.to_le_bytes()); // version made by
+            dir.extend_from_slice(&fixed);
+            dir.extend_from_slice(&[0u8; 6]); // comment length, disk, internal attributes
+            dir.extend_from_slice(&[0u8; 4]); // external attributes
+            dir.extend_from_slice(&offset.to_le_bytes());
+            dir.extend_from_slice(name.as_bytes());
+        }
+        let dir_offset = out.len() as u32;
+        out.extend_from_slice(&dir);
+        out.extend_from_slice(b"PK\x05\x06\0\0\0\0");
+        out.extend_from_slice(&(entries.len() as u16).to_le_bytes());
+        out.extend_from_slice(&(entries.len() as u16).to_le_bytes());
+        out.extend_from_slice(&(dir.len() as u32).to_le_bytes());
+        out.extend_from_slice(&dir_offset.to_le_bytes());
+        out.extend_from_slice(&0u16.to_le_bytes());
+        out
+    }
+
+    /// A torch.save file from a pickle and its storages (key, bytes).
+    pub fn file(pickle: Vec<u8>, storages: &[(String, Vec<u8>)]) -> Vec<u8> {
+        let mut entries = vec![
+            ("archive/data.pkl".to_string(), pickle),
+            ("archive/byteorder".to_string(), b"little".to_vec()),
+        ];
+        for (k, d) in storages {
+            entries.push((format!("archive/data/{k}"), d.clone()));
+        }
+        entries.push(("archive/version".to_string(), b"3\n".to_vec()));
+        zip(&entries)
+    }
+
+    pub fn f32_bytes(n: usize) -> Vec<u8> {
+        (0..n)
+            .flat_map(|i| (i as f32 * 0.25).to_le_bytes())
+            .collect()
+    }
+
+    /// A packable nanochat checkpoint (one L3 layer) as a .pt file, plus `extra` tensors.
+    pub fn nanochat(extra: &[(&str, Rec, Vec<u8>)]) -> Vec<u8> {
+        let mut p = Pickle::state_dict();
+        let mut storages = Vec::new();
+        let plain = [
+            ("l3_layers.0.kv_weight", vec![5i64, 4]),
+            ("l3_layers.0.w_up.weight", vec![6, 4]),
+            ("l3_layers.0.w_mix.weight", vec![4, 10]),
+            ("l3_lambdas", vec![1]),
+        ];
+        for (i, (name, shape)) in plain.iter().enumerate() {
+            let r = Rec::f32(&format!("s{i}"), shape);
+            p.tensor(name, &r);
+            storages.push((r.key.clone(), f32_bytes(r.storage_numel as usize)));
+        }
+        let mut b = Rec::f32("sb", &[4]).with_storage("LongStorage");
+        b.location = "cpu".into();
+        p.tensor("l3_layers.0.bounds", &b);
+        storages.push((
+            "sb".into(),
+            [0i64, 2, 3, 5]
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+        ));
+        for (name, r, data) in extra {
+            p.tensor(name, r);
+            if !data.is_empty() || r.storage_numel == 0 {
+                storages.push((r.key.clone(), data.clone()));
+            }
+        }
+        file(p.finish(), &storages)
+    }
+}
+
+mod common;
+
+/// Run `l3kit pack SRC --out DIR/out` under the memory and time limits and expect a clean
+/// refusal naming `file` and every needle, with nothing left behind and the inputs unchanged.
+#[track_caller]
+fn pack_refused(dir: &Path, src: &Path, file: &str, needles: &[&str]) -> String {
+    let before = common::snapshot(dir);
+    let out = common::run([
+        "pack".as_ref(),
+        src.as_os_str(),
+        "--out".as_ref(),
+        dir.join("out").as_os_str(),
+    ]);
+    let mut all = needles.to_vec();
+    all.push(file);
+    common::assert_refused(&out, 2, &all);
+    let err = common::stderr(&out);
+    assert!(!err.contains("skipping"), "{err}");
+    assert_eq!(
+        before,
+        common::snapshot(dir),
+        "the run left files behind or changed an input"
+    );
+    err
+}
+
+#[test]
+fn pytorch_tensors_that_cannot_be_read_exactly_are_refused() {
+    use pt::Rec;
+    let two = |k: &str| Rec::f32(k, &[2]);
+    let data8 = pt::f32_bytes(2);
+    let cases: Vec<(&str, Rec, Vec<u8>, Vec<&str>)> = vec![
+        (
+            "quantized storage",
+            two("x").with_storage("QUInt8Storage"),
+            vec![0; 2],
+            vec!["QUInt8Storage"],
+        ),
+        (
+            "complex storage",
+            two("x").with_storage("ComplexFloatStorage"),
+            vec![0; 16],
+            vec!["ComplexFloatStorage"],
+        ),
+        (
+            "negative shape",
+            Rec {
+                shape: vec![-1, 2],
+                stride: vec![2, 1],
+                ..two("x")
+            },
+            data8.clone(),
+            vec!["negative"],
+        ),
+        (
+            "huge shape",
+            Rec {
+                shape: vec![1 << 40, 1 << 40],
+                stride: vec![1 << 40, 1],
+                ..two("x")
+            },
+            data8.clone(),
+            vec!["too large"],
+        ),
+        (
+            "negative stride",
+            Rec {
+                stride: vec![-1],
+                ..two("x")
+            },
+            data8.clone(),
+            vec!["negative"],
+        ),
+        (
+            "huge stride",
+            Rec {
+                stride: vec![1 << 62],
+                ..two("x")
+            },
+            data8.clone(),
+            vec!["needs element 4611686018427387904"],
+        ),
+        (
+            "storage offset 2^62",
+            Rec {
+                offset: 1 << 62,
+                ..two("x")
+            },
+            data8.clone(),
+            vec!["storage offset 4611686018427387904"],
+        ),
+        (
+            "negative storage offset",
+            Rec {
+                offset: -4,
+                ..two("x")
+            },
+            data8.clone(),
+            vec!["negative"],
+        ),
+        (
+            "storage larger than its entry",
+            Rec {
+                storage_numel: 1000,
+                ..two("x")
+            },
+            data8.clone(),
+            vec!["1000 elements", "holds 8 bytes"],
+        ),
+        (
+            "storage smaller than its entry",
+            Rec {
+                storage_numel: 1,
+                shape: vec![1],
+                ..two("x")
+            },
+            data8.clone(),
+            vec!["holds 8 bytes"],
+        ),
+        (
+            "storage entry missing",
+            two("nowhere"),
+            Vec::new(),
+            vec!["archive/data/nowhere", "missing"],
+        ),
+        (
+            "shape and stride of different lengths",
+            Rec {
+                stride: vec![1, 1],
+                ..two("x")
+            },
+            data8.clone(),
+            vec!["different lengths"],
+        ),
+        (
+            "a quantized tensor record",
+            Rec {
+                func: ("torch._utils".into(), "_rebuild_qtensor".into()),
+                ..two("x")
+            },
+            data8.clone(),
+            vec!["_rebuild_qtensor"],
+        ),
+        (
+            "a broadcast view",
+            Rec {
+                shape: vec![4, 2],
+                stride: vec![0, 1],
+                ..two("x")
+            },
+            data8.clone(),
+            vec!["broadcast"],
+        ),
+        (
+            "a view past its storage",
+            Rec {
+                offset: 1,
+                ..two("x")
+            },
+            data8.clone(),
+            vec!["needs element 2", "holds 2 elements"],
+        ),
+    ];
+    for (what, rec, data, needles) in cases {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("model.pt");
+        std::fs::write(&src, pt::nanochat(&[("extra.weight", rec, data)])).unwrap();
+        let mut all = needles.clone();
+        all.push("tensor extra.weight");
+        let err = pack_refused(d.path(), &src, "model.pt", &all);
+        eprintln!("{what}: {err}");
+        let e = Checkpoint::open(&src).unwrap_err();
+        assert_eq!(e.exit_code(), 2, "{what}: {e}");
+    }
+    // A name given twice.
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("model.pt");
+    let mut p = pt::Pickle::state_dict();
+    let r = Rec::f32("a", &[2]);
+    p.tensor("w", &r);
+    p.tensor("w", &r);
+    std::fs::write(&src, pt::file(p.finish(), &[("a".into(), data8.clone())])).unwrap();
+    pack_refused(d.path(), &src, "model.pt", &["tensor w", "appears twice"]);
+    // The control: the same file without a bad tensor packs.
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("model.pt");
+    std::fs::write(&src, pt::nanochat(&[])).unwrap();
+    let out = common::run([
+        "pack".as_ref(),
+        src.as_os_str(),
+        "--out".as_ref(),
+        d.path().join("out").as_os_str(),
+    ]);
+    common::assert_ok(&out);
+}
+
+#[test]
+fn deeply_nested_pickles_are_refused_without_overflowing_the_stack() {
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "200k nested tuples",
+            std::iter::once(b')')
+                .chain(std::iter::repeat_n(0x85u8, 200_000))
+                .collect(),
+            "nested more than 1000 levels deep",
+        ),
+        (
+            "200k nested lists",
+            std::iter::repeat_n(b']', 200_000)
+                .chain(std::iter::repeat_n(b'a', 199_999))
+                .collect(),
+            "nested more than 1000 levels deep",
+        ),
+        (
+            "200k nested MARK tuples",
+            std::iter::repeat_n(b'(', 200_000)
+                .chain(std::iter::repeat_n(b't', 200_000))
+                .collect(),
+            "more than 1000 MARKs",
+        ),
+        (
+            "200k nested dicts",
+            std::iter::repeat_n(*b"}X\x01\0\0\0k", 200_000)
+                .flatten()
+                .chain(std::iter::once(b'}'))
+                .chain(std::iter::repeat_n(b's', 200_000))
+                .collect(),
+            "nested more than 1000 levels deep",
+        ),
+    ];
+    for (what, value, needle) in cases {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("deep.pt");
+        let mut p = pt::Pickle::state_dict();
+        let r = pt::Rec::f32("a", &[2]);
+        p.tensor("w", &r);
+        p.raw("junk", &value);
+        std::fs::write(
+            &src,
+            pt::file(p.finish(), &[("a".into(), pt::f32_bytes(2))]),
+        )
+        .unwrap();
+        let err = pack_refused(d.path(), &src, "deep.pt", &["data.pkl", needle]);
+        eprintln!("{what}: {err}");
+    }
+}
+
+#[test]
+fn pickle_lengths_are_checked_before_allocating() {
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "a string of 4 GiB",
+            [&b"X"[..], &u32::MAX.to_le_bytes()].concat(),
+            "BINUNICODE has length 4294967295",
+        ),
+        (
+            "bytes of 2^32",
+            [&[0x8eu8][..], &(1u64 << 32).to_le_bytes()].concat(),
+            "BINBYTES8 has length 4294967296",
+        ),
+        (
+            "a string of 2^32",
+            [&[0x8du8][..], &(1u64 << 32).to_le_bytes()].concat(),
+            "BINUNICODE8 has length 4294967296",
+        ),
+        (
+            "a 2 GiB integer",
+            [&[0x8bu8][..], &i32::MAX.to_le_bytes()].concat(),
+            "LONG4 has length 2147483647",
+        ),
+    ];
+    for (what, value, needle) in cases {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("long.pt");
+        let mut p = pt::Pickle::state_dict();
+        p.tensor("w", &pt::Rec::f32("a", &[2]));
+        p.raw("junk", &value);
+        std::fs::write(
+            &src,
+            pt::file(p.finish(), &[("a".into(), pt::f32_bytes(2))]),
+        )
+        .unwrap();
+        let err = pack_refused(
+            d.path(),
+            &src,
+            "long.pt",
+            &["data.pkl", needle, "bytes left"],
+        );
+        eprintln!("{what}: {err}");
+    }
+}
+
+/// Views PyTorch saves routinely are read exactly: a transposed weight, a row of a shared
+/// storage, a scalar, an empty tensor, and the storage types candle's reader skipped.
+#[test]
+fn pytorch_views_and_storage_types_read_exactly() {
+    use pt::Rec;
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("views.pt");
+    let mut p = pt::Pickle::state_dict();
+    let base: Vec<f32> = (0..6).map(|i| i as f32).collect();
+    let base_bytes: Vec<u8> = base.iter().flat_map(|v| v.to_le_bytes()).collect();
+    // [2, 3] row-major storage; its transpose [3, 2] has strides [1, 3].
+    p.tensor("w", &Rec::f32("s", &[2, 3]));
+    p.tensor(
+        "w_t",
+        &Rec {
+            shape: vec![3, 2],
+            stride: vec![1, 3],
+            ..Rec::f32("s", &[2, 3])
+        },
+    );
+    p.tensor(
+        "row1",
+        &Rec {
+            offset: 3,
+            shape: vec![3],
+            stride: vec![1],
+            ..Rec::f32("s", &[2, 3])
+        },
+    );
+    p.tensor(
+        "every_other",
+        &Rec {
+            offset: 1,
+            shape: vec![3],
+            stride: vec![2],
+            ..Rec::f32("s", &[2, 3])
+        },
+    );
+    p.tensor(
+        "scalar",
+        &Rec {
+            offset: 5,
+            shape: vec![],
+            stride: vec![],
+            ..Rec::f32("s", &[2, 3])
+        },
+    );
+    let empty = Rec {
+        storage_numel: 0,
+        shape: vec![0, 4],
+        stride: vec![4, 1],
+        ..Rec::f32("e", &[0])
+    };
+    p.tensor("empty", &empty);
+    p.tensor("flags", &Rec::f32("b", &[3]).with_storage("BoolStorage"));
+    p.tensor("bytes", &Rec::f32("c", &[2]).with_storage("CharStorage"));
+    p.tensor("ints", &Rec::f32("i", &[2]).with_storage("IntStorage"));
+    let storages = vec![
+        ("s".to_string(), base_bytes.clone()),
+        ("e".to_string(), Vec::new()),
+        ("b".to_string(), vec![1, 0, 1]),
+        ("c".to_string(), vec![0xFF, 7]),
+        (
+            "i".to_string(),
+            [-3i32, 9].iter().flat_map(|v| v.to_le_bytes()).collect(),
+        ),
+    ];
+    std::fs::write(&src, pt::file(p.finish(), &storages)).unwrap();
+    let ck = Checkpoint::open(&src).unwrap();
+    let f = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    assert_eq!(ck.read_all("w").unwrap(), base_bytes);
+    assert_eq!(ck.get("w_t").unwrap().shape, vec![3, 2]);
+    assert_eq!(
+        ck.read_all("w_t").unwrap(),
+        f(&[0.0, 3.0, 1.0, 4.0, 2.0, 5.0])
+    );
+    let mut buf = Vec::new();
+    ck.read_range("w_t", 8, 8, &mut buf).unwrap();
+    assert_eq!(buf, f(&[1.0, 4.0]));
+    assert_eq!(ck.read_all("row1").unwrap(), f(&[3.0, 4.0, 5.0]));
+    assert_eq!(ck.read_all("every_other").unwrap(), f(&[1.0, 3.0, 5.0]));
+    assert_eq!(ck.read_all("scalar").unwrap(), f(&[5.0]));
+    assert_eq!(ck.get("empty").unwrap().shape, vec![0, 4]);
+    assert!(ck.read_all("empty").unwrap().is_empty());
+    assert_eq!(ck.get("flags").unwrap().dtype, Dtype::BOOL);
+    assert_eq!(ck.read_all("flags").unwrap(), vec![1, 0, 1]);
+    assert_eq!(ck.get("bytes").unwrap().dtype, Dtype::I8);
+    assert_eq!(ck.read_all("bytes").unwrap(), vec![0xFF, 7]);
+    assert_eq!(ck.get("ints").unwrap().dtype, Dtype::I32);
+    assert_eq!(ck.len(), 9);
+}
+
+#[test]
+fn pytorch_archives_that_are_not_state_dicts_are_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let p = d.path().join("x.pt");
+    let data = pt::f32_bytes(2);
+    let mut pk = pt::Pickle::state_dict();
+    pk.tensor("w", &pt::Rec::f32("a", &[2]));
+    let pickle = pk.finish();
+    // Big-endian tensors.
+    let z = pt::zip(&[
+        ("archive/data.pkl".into(), pickle.clone()),
+        ("archive/byteorder".into(), b"big".to_vec()),
+        ("archive/data/a".into(), data.clone()),
+    ]);
+    std::fs::write(&p, z).unwrap();
+    expect_err(&p, "x.pt", &["big", "little-endian"]);
+    // A TorchScript archive.
+    let z = pt::zip(&[
+        ("archive/data.pkl".into(), pickle.clone()),
+        ("archive/constants.pkl".into(), b"\x80\x02).".to_vec()),
+        ("archive/data/a".into(), data.clone()),
+    ]);
+    std::fs::write(&p, z).unwrap();
+    expect_err(&p, "x.pt", &["TorchScript"]);
+    // No pickle, or two.
+    std::fs::write(&p, pt::zip(&[("archive/data/a".into(), data.clone())])).unwrap();
+    expect_err(&p, "x.pt", &["without data.pkl"]);
+    let z = pt::zip(&[
+        ("a/data.pkl".into(), pickle.clone()),
+        ("b/data.pkl".into(), pickle.clone()),
+    ]);
+    std::fs::write(&p, z).unwrap();
+    expect_err(&p, "x.pt", &["several pickles"]);
+    // A pickle that is not a dict, and one whose CRC is wrong.
+    std::fs::write(&p, pt::file(b"\x80\x02K\x05.".to_vec(), &[])).unwrap();
+    expect_err(&p, "x.pt", &["an int, not a dict"]);
+    let mut z = pt::file(pickle.clone(), &[("a".into(), data.clone())]);
+    let at = z.windows(7).position(|w| w == b"storage").unwrap();
+    z[at] = b'S';
+    std::fs::write(&p, z).unwrap();
+    expect_err(&p, "x.pt", &["CRC-32 mismatch"]);
+    // A directory that claims more entries than it holds, and one beyond the file.
+    let mut z = pt::file(pickle.clone(), &[("a".into(), data.clone())]);
+    let n = z.len();
+    z[n - 12..n - 10].copy_from_slice(&0xFFFFu16.to_le_bytes());
+    std::fs::write(&p, &z).unwrap();
+    expect_err(
+        &p,
+        "x.pt",
+        &["cannot read the PyTorch checkpoint", "entries"],
+    );
+    let mut z = pt::file(pickle, &[("a".into(), data)]);
+    let n = z.len();
+    z[n - 6..n - 2].copy_from_slice(&0x7FFF_FFFFu32.to_le_bytes());
+    std::fs::write(&p, &z).unwrap();
+    expect_err(
+        &p,
+        "x.pt",
+        &["cannot read the PyTorch checkpoint", "beyond"],
+    );
+}
+
+#[test]
+fn fifo_checkpoints_are_refused_without_blocking() {
+    let d = tempfile::tempdir().unwrap();
+    let ck = d.path().join("ck");
+    std::fs::create_dir(&ck).unwrap();
+    // Given directly.
+    let fifo = ck.join("model.safetensors");
+    common::mkfifo(&fifo);
+    pack_refused(d.path(), &fifo, "model.safetensors", &["FIFO"]);
+    // Found in a folder.
+    pack_refused(d.path(), &ck, "model.safetensors", &["FIFO"]);
+    // A shard named by an index.
+    let d = tempfile::tempdir().unwrap();
+    let ck = d.path().join("ck");
+    std::fs::create_dir(&ck).unwrap();
+    shard(&ck, "s1.safetensors", &["a"]);
+    common::mkfifo(&ck.join("s2.safetensors"));
+    index(&ck, &[("a", "s1.safetensors"), ("b", "s2.safetensors")]);
+    pack_refused(d.path(), &ck, "s2.safetensors", &["FIFO"]);
+    // The index itself.
+    std::fs::remove_file(ck.join("model.safetensors.index.json")).unwrap();
+    common::mkfifo(&ck.join("model.safetensors.index.json"));
+    pack_refused(d.path(), &ck, "model.safetensors.index.json", &["FIFO"]);
+}

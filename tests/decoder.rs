@@ -115,6 +115,40 @@ fn nanochat_default_logits_match_the_fork() {
 }
 
 #[test]
+fn nanochat_without_lambdas_logits_match_the_fork() {
+    check_nanochat("nolambda");
+}
+
+#[test]
+fn packed_nanochat_models_run_from_their_folder() {
+    // `pack` carries meta_NNNNNN.json into the packed folder, so the folder runs on its own;
+    // the tables keep their bf16 values, so the logits are the source's.
+    let dir = tempfile::tempdir().unwrap();
+    for variant in ["default", "looped"] {
+        let out = dir.path().join(variant);
+        common::assert_ok(&common::run([
+            "pack",
+            &fixture(&format!("nanochat/{variant}"))
+                .display()
+                .to_string(),
+            "--out",
+            &out.display().to_string(),
+        ]));
+        let packed = Decoder::open(&out, &SourceOptions::default(), &Device::Cpu).unwrap();
+        assert!(packed.packed);
+        let source = nanochat(variant);
+        let golden = fixture(&format!("golden/nanochat-{variant}.safetensors"));
+        let (ids, shape) = read_i64(&golden, "token_ids");
+        let ids = rows(&ids, &shape);
+        assert_eq!(
+            logits(&packed, &ids, true),
+            logits(&source, &ids, true),
+            "{variant}"
+        );
+    }
+}
+
+#[test]
 fn nanochat_swiglu_gqa_logits_match_the_fork() {
     check_nanochat("swiglu_gqa");
 }

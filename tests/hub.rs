@@ -1,9 +1,12 @@
 //! `l3kit upload` against a mock Hugging Face Hub: a small HTTP/1.1 server on 127.0.0.1 (a free
 //! port) that implements what the client calls — repository creation, paths-info, preupload,
 //! the Git LFS batch API with basic and multipart transfers and verify, the NDJSON commit, and
-//! the Xet write-token endpoint — records every request, and serves errors or dropped
-//! connections on demand. Nothing leaves the machine; the server stops when the test ends (or
-//! after 60 s at the latest), and the client's retries are bounded in count and time.
+//! the Xet write-token endpoint — records every request, and serves errors, dropped
+//! connections, endless bodies and rewritten answers (a hostile server that echoes the token
+//! into every field) on demand. Nothing leaves the machine; the server stops when the test ends
+//! (or after 60 s at the latest), and the client's retries are bounded in count and time.
+
+mod common;
 
 use base64::Engine as _;
 use l3kit::checkpoint::dialect::Dialect;
@@ -15,6 +18,7 @@ use sha2::Digest as _;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -61,6 +65,24 @@ enum FaultKind {
     Status(u16),
     /// Read the request, then close the connection without an answer.
     Drop,
+    /// Answer `status` with a body of `len` spaces (valid JSON whitespace, so a reader that
+    /// parses as it goes keeps reading), streamed until the client hangs up; with a
+    /// Content-Length, or chunked.
+    Huge {
+        status: u16,
+        len: u64,
+        chunked: bool,
+    },
+}
+
+/// Changes the mock's normal answer to a matching request (the state has been updated as usual).
+type RewriteFn = Box<dyn FnMut(Answer) -> Answer + Send>;
+
+struct Rewrite {
+    method: &'static str,
+    path_contains: &'static str,
+    times: u32,
+    f: RewriteFn,
 }
 
 struct Fault {
@@ -88,6 +110,7 @@ struct State {
     parts: HashMap<(String, u64), Vec<u8>>,
     requests: Vec<Recorded>,
     faults: Vec<Fault>,
+    rewrites: Vec<Rewrite>,
     commits: u64,
 }
 
@@ -120,6 +143,7 @@ impl Mock {
             parts: HashMap::new(),
             requests: Vec::new(),
             faults: Vec::new(),
+            rewrites: Vec::new(),
             commits: 0,
         }));
         let stop = Arc::new(AtomicBool::new(false));
@@ -163,6 +187,23 @@ impl Mock {
             path_contains,
             kind,
             times,
+        });
+    }
+
+    /// Rewrite the next `times` answers to `method` requests whose path contains
+    /// `path_contains`.
+    fn rewrite(
+        &self,
+        method: &'static str,
+        path_contains: &'static str,
+        times: u32,
+        f: impl FnMut(Answer) -> Answer + Send + 'static,
+    ) {
+        self.state.lock().unwrap().rewrites.push(Rewrite {
+            method,
+            path_contains,
+            times,
+            f: Box::new(f),
         });
     }
 
@@ -315,6 +356,15 @@ fn serve(mut conn: TcpStream, state: &Arc<Mutex<State>>) {
             let _ = conn.shutdown(Shutdown::Both);
             return;
         }
+        Some(FaultKind::Huge {
+            status,
+            len,
+            chunked,
+        }) => {
+            drop(st);
+            stream_huge(&mut conn, status, len, chunked);
+            return;
+        }
         Some(FaultKind::Status(code)) => (
             code,
             vec![],
@@ -322,8 +372,56 @@ fn serve(mut conn: TcpStream, state: &Arc<Mutex<State>>) {
         ),
         None => route(&mut st, &req),
     };
+    let answer = match st
+        .rewrites
+        .iter_mut()
+        .find(|r| r.times > 0 && r.method == req.method && req.path.contains(r.path_contains))
+    {
+        Some(r) => {
+            r.times -= 1;
+            (r.f)((status, headers, body))
+        }
+        None => (status, headers, body),
+    };
     drop(st);
-    respond(&mut conn, status, &headers, &body);
+    respond(&mut conn, answer.0, &answer.1, &answer.2);
+}
+
+/// Stream `len` bytes of spaces without holding them, until done or the client hangs up.
+fn stream_huge(conn: &mut TcpStream, status: u16, len: u64, chunked: bool) {
+    let framing = if chunked {
+        "Transfer-Encoding: chunked".to_string()
+    } else {
+        format!("Content-Length: {len}")
+    };
+    let head = format!(
+        "HTTP/1.1 {status} X\r\n{framing}\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n"
+    );
+    // A client that stops reading without hanging up must not wedge the mock.
+    let _ = conn.set_write_timeout(Some(Duration::from_secs(10)));
+    if conn.write_all(head.as_bytes()).is_err() {
+        return;
+    }
+    let block = vec![b' '; 64 << 10];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(block.len() as u64) as usize;
+        let ok = if chunked {
+            conn.write_all(format!("{n:x}\r\n").as_bytes()).is_ok()
+                && conn.write_all(&block[..n]).is_ok()
+                && conn.write_all(b"\r\n").is_ok()
+        } else {
+            conn.write_all(&block[..n]).is_ok()
+        };
+        if !ok {
+            return;
+        }
+        left -= n as u64;
+    }
+    if chunked {
+        let _ = conn.write_all(b"0\r\n\r\n");
+    }
+    let _ = conn.flush();
 }
 
 type Answer = (u16, Vec<(&'static str, String)>, Vec<u8>);
@@ -1382,4 +1480,1037 @@ fn bundled_demo_model_first_and_repeated_upload() {
         body_bytes(&reqs)
     );
     eprintln!("{}", first.generated_readme.unwrap());
+}
+
+// ---------------------------------------------------------------------------------------------
+// A hostile server: the token echoed back everywhere, in its common encodings.
+
+/// A token with characters that URL-encoding and base64 alignment change.
+const ECHO_TOKEN: &str = "hf_echo+SECRET/tok=en0123456789abcdefXYZ";
+
+fn pct(t: &str, upper: bool) -> String {
+    t.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+                (b as char).to_string()
+            } else if upper {
+                format!("%{b:02X}")
+            } else {
+                format!("%{b:02x}")
+            }
+        })
+        .collect()
+}
+
+fn b64(s: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s.as_bytes())
+}
+
+fn b64url(s: &str) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s.as_bytes())
+}
+
+/// The token as an echoing server may return it: as is, in an `Authorization: Bearer` echo,
+/// URL-encoded, in hex, and base64 of it, of the header and of a Basic credential.
+fn echo_of(t: &str) -> String {
+    let hex: String = t.bytes().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "got {t} | Authorization: Bearer {t} | {} | {} | {hex} | {} | {} | {}",
+        pct(t, true),
+        pct(t, false),
+        b64(t),
+        b64(&format!("Bearer {t}")),
+        b64url(&format!("user:{t}"))
+    )
+}
+
+/// Fail if `text` holds any run of 16 characters of any encoding of `t`, or a terminal escape.
+#[track_caller]
+fn assert_no_leak(text: &str, t: &str, context: &str) {
+    let hex: String = t.bytes().map(|b| format!("{b:02x}")).collect();
+    let forms = [
+        t.to_string(),
+        pct(t, true),
+        pct(t, false),
+        hex.clone(),
+        hex.to_uppercase(),
+        b64(t),
+        b64url(t),
+        b64(&format!("Bearer {t}")),
+        b64url(&format!("user:{t}")),
+    ];
+    for form in &forms {
+        for w in form.as_bytes().windows(16) {
+            let w = std::str::from_utf8(w).unwrap();
+            assert!(
+                !text.contains(w),
+                "{context}: the token leaked ({w:?} of {form:?}):\n{text}"
+            );
+        }
+    }
+    assert!(
+        !text.contains('\x1b'),
+        "{context}: a terminal escape from the server reached the output:\n{text:?}"
+    );
+}
+
+/// `l3kit upload` with a given token, no retries, in a clean Hugging Face environment.
+fn upload_with(mock: &Mock, dir: &Path, extra: &[&str], home: &Path, token: &str) -> Output {
+    let url = mock.url();
+    let mut args = vec![
+        "upload",
+        dir.to_str().unwrap(),
+        "--repo",
+        "me/echo",
+        "--endpoint",
+        url.as_str(),
+        "--retries",
+        "0",
+    ];
+    args.extend_from_slice(extra);
+    l3kit(&args, Some(token), home)
+}
+
+fn json_body(a: &Answer) -> serde_json::Value {
+    serde_json::from_slice(&a.2).unwrap()
+}
+
+fn with_json(a: Answer, f: impl FnOnce(&mut serde_json::Value)) -> Answer {
+    let mut v = json_body(&a);
+    f(&mut v);
+    (a.0, a.1, v.to_string().into_bytes())
+}
+
+type Setup = fn(&Mock, String);
+
+struct EchoCase {
+    name: &'static str,
+    /// The mock's transfer and multipart chunk.
+    transfer: &'static str,
+    multipart: Option<usize>,
+    extra: &'static [&'static str],
+    setup: Setup,
+    /// The upload succeeds despite the echo.
+    ok: bool,
+    /// The echoed field reaches the output (so `[token]` must be there).
+    shown: bool,
+}
+
+fn echo_cases() -> Vec<EchoCase> {
+    fn case(name: &'static str, setup: Setup) -> EchoCase {
+        EchoCase {
+            name,
+            transfer: "basic",
+            multipart: None,
+            extra: &[],
+            setup,
+            ok: false,
+            shown: true,
+        }
+    }
+    vec![
+        case("create: error header and body", |m, e| {
+            m.rewrite("POST", "/repos/create", 100, move |_| {
+                (
+                    400,
+                    vec![("X-Error-Message", e.clone())],
+                    serde_json::json!({ "error": e }).to_string().into_bytes(),
+                )
+            })
+        }),
+        case("create: an HTML error page with escapes", |m, e| {
+            m.rewrite("POST", "/repos/create", 100, move |_| {
+                (
+                    400,
+                    vec![],
+                    format!("<html>\x1b[2J{e}\x1b]0;owned\x07</html>").into_bytes(),
+                )
+            })
+        }),
+        case("create: an error body past the limit", |m, e| {
+            m.rewrite("POST", "/repos/create", 100, move |_| {
+                let mut b = format!("{{\"error\": \"{e}").into_bytes();
+                b.extend(std::iter::repeat_n(b'x', 40 << 10));
+                (500, vec![], b)
+            })
+        }),
+        case("paths-info: a 200 that is not JSON", |m, e| {
+            m.rewrite("POST", "/paths-info/", 100, move |_| {
+                (200, vec![], format!("<html>{e}</html>").into_bytes())
+            })
+        }),
+        case("paths-info: a field of the wrong type", |m, e| {
+            m.rewrite("POST", "/paths-info/", 100, move |_| {
+                let v = serde_json::json!([{ "type": "file", "path": "config.json", "size": e }]);
+                (200, vec![], v.to_string().into_bytes())
+            })
+        }),
+        case("paths-info: a JSON-escaped echo", |m, e| {
+            m.rewrite("POST", "/paths-info/", 100, move |_| {
+                let escaped: String = e.chars().map(|c| format!("\\u{:04x}", c as u32)).collect();
+                (
+                    200,
+                    vec![],
+                    format!("{{\"oops\": \"{escaped}\"}}").into_bytes(),
+                )
+            })
+        }),
+        case("preupload: an unknown upload mode", |m, e| {
+            m.rewrite("POST", "/preupload/", 100, move |a| {
+                with_json(a, |v| {
+                    for f in v["files"].as_array_mut().unwrap() {
+                        f["uploadMode"] = e.clone().into();
+                    }
+                })
+            })
+        }),
+        case("preupload: a 200 that is not JSON", |m, e| {
+            m.rewrite("POST", "/preupload/", 100, move |_| {
+                (200, vec![], e.clone().into_bytes())
+            })
+        }),
+        case("LFS batch: the transfer name", |m, e| {
+            m.rewrite("POST", "/objects/batch", 100, move |a| {
+                with_json(a, |v| v["transfer"] = e.clone().into())
+            })
+        }),
+        case("LFS batch: an oid l3kit did not ask about", |m, e| {
+            m.rewrite("POST", "/objects/batch", 100, move |a| {
+                with_json(a, |v| {
+                    let o = serde_json::json!({ "oid": e, "size": 1 });
+                    v["objects"].as_array_mut().unwrap().push(o);
+                })
+            })
+        }),
+        case("LFS batch: an object's error", |m, e| {
+            m.rewrite("POST", "/objects/batch", 100, move |a| {
+                with_json(a, |v| {
+                    v["objects"][0]["error"] = serde_json::json!({ "code": 422, "message": e });
+                })
+            })
+        }),
+        case("LFS batch: the multipart chunk_size", |m, e| {
+            m.rewrite("POST", "/objects/batch", 100, move |a| {
+                with_json(a, |v| {
+                    for o in v["objects"].as_array_mut().unwrap() {
+                        o["actions"]["upload"]["header"] =
+                            serde_json::json!({ "chunk_size": e, "00001": "http://127.0.0.1:1/x" });
+                    }
+                })
+            })
+        }),
+        case("LFS batch: a storage URL holding the token", |m, e| {
+            let _ = e;
+            m.rewrite("POST", "/objects/batch", 100, move |a| {
+                with_json(a, |v| {
+                    for o in v["objects"].as_array_mut().unwrap() {
+                        o["actions"]["upload"]["href"] =
+                            format!("http://127.0.0.1:1/{}/{ECHO_TOKEN}", pct(ECHO_TOKEN, true))
+                                .into();
+                    }
+                })
+            })
+        }),
+        case("storage PUT: an error body", |m, e| {
+            m.rewrite("PUT", "/lfs/", 100, move |_| {
+                (
+                    403,
+                    vec![],
+                    format!("<Error><Message>{e}</Message></Error>").into_bytes(),
+                )
+            })
+        }),
+        case("verify: an error header", |m, e| {
+            m.rewrite("POST", "/lfs-verify/", 100, move |_| {
+                (400, vec![("X-Error-Message", e.clone())], vec![])
+            })
+        }),
+        EchoCase {
+            multipart: Some(3000),
+            ..case("multipart completion: an error body", |m, e| {
+                m.rewrite("POST", "/lfs-complete/", 100, move |_| {
+                    (
+                        400,
+                        vec![],
+                        serde_json::json!({ "message": e }).to_string().into_bytes(),
+                    )
+                })
+            })
+        },
+        case("commit: a 200 that is not JSON", |m, e| {
+            m.rewrite("POST", "/commit/", 100, move |_| {
+                (200, vec![], e.clone().into_bytes())
+            })
+        }),
+        case("commit: an error", |m, e| {
+            m.rewrite("POST", "/commit/", 100, move |_| {
+                (
+                    422,
+                    vec![],
+                    serde_json::json!({ "error": e }).to_string().into_bytes(),
+                )
+            })
+        }),
+        EchoCase {
+            ok: true,
+            extra: &["--create-pr"],
+            ..case("commit: commitOid, commitUrl and pullRequestUrl", |m, e| {
+                m.rewrite("POST", "/commit/", 100, move |a| {
+                    with_json(a, |v| {
+                        v["commitOid"] = e.clone().into();
+                        v["commitUrl"] = format!("http://hub/c/{e}").into();
+                        v["pullRequestUrl"] = format!("http://hub/pr/{e}").into();
+                    })
+                })
+            })
+        },
+        EchoCase {
+            ok: true,
+            ..case(
+                "success: echoes in every header and in unused fields",
+                |m, e| {
+                    for method in ["POST", "PUT"] {
+                        let e = e.clone();
+                        m.rewrite(method, "", 1000, move |(status, mut headers, body)| {
+                            for h in ["X-Error-Message", "X-Echo", "ETag-Echo", "Server"] {
+                                headers.push((h, e.clone()));
+                            }
+                            let body = match serde_json::from_slice::<serde_json::Value>(&body) {
+                                Ok(serde_json::Value::Object(mut o)) => {
+                                    o.insert("echo".into(), e.clone().into());
+                                    if o.contains_key("commitOid") {
+                                        o.insert("commitOid".into(), e.clone().into());
+                                        o.insert("commitUrl".into(), e.clone().into());
+                                    }
+                                    serde_json::Value::Object(o).to_string().into_bytes()
+                                }
+                                _ => body,
+                            };
+                            (status, headers, body)
+                        })
+                    }
+                },
+            )
+        },
+        EchoCase {
+            transfer: "xet",
+            ..case("Xet: hf-hub quotes the refusal", |m, e| {
+                m.rewrite("GET", "xet-write-token", 100, move |_| {
+                    (
+                        403,
+                        vec![("X-Error-Message", e.clone())],
+                        serde_json::json!({ "error": e }).to_string().into_bytes(),
+                    )
+                })
+            })
+        },
+    ]
+}
+
+#[test]
+fn a_server_echoing_the_token_everywhere_never_gets_it_printed() {
+    let root = tempfile::tempdir().unwrap();
+    let home = isolated_home();
+    let dir = packed_model(root.path());
+    let echo = echo_of(ECHO_TOKEN);
+    for c in echo_cases() {
+        let start = |c: &EchoCase| {
+            let m = Mock::start(Config {
+                token: ECHO_TOKEN.into(),
+                transfer: c.transfer,
+                multipart_chunk: c.multipart,
+                echo_auth: true,
+            });
+            (c.setup)(&m, echo.clone());
+            m
+        };
+        // The CLI, human and --json.
+        for json in [false, true] {
+            let mock = start(&c);
+            let mut extra = c.extra.to_vec();
+            if json {
+                extra.push("--json");
+            }
+            let o = upload_with(&mock, &dir, &extra, home.path(), ECHO_TOKEN);
+            let (out, err) = text(&o);
+            let all = format!("{out}\n{err}");
+            let what = format!("{} (json: {json})", c.name);
+            assert_eq!(
+                o.status.code(),
+                Some(if c.ok { 0 } else { 2 }),
+                "{what}:\n{all}"
+            );
+            assert_refused_or_ok(&o);
+            assert_no_leak(&all, ECHO_TOKEN, &what);
+            if c.shown {
+                assert!(all.contains("[token]"), "{what}: nothing was shown:\n{all}");
+            }
+            if json && c.ok {
+                let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+                let fields: &[&str] = if c.extra.contains(&"--create-pr") {
+                    &["oid", "url", "pull_request_url"]
+                } else {
+                    &["oid", "url"]
+                };
+                for f in fields {
+                    let s = v["commit"][f].as_str().unwrap();
+                    assert!(s.contains("[token]"), "{what}: commit.{f} = {s}");
+                }
+            }
+        }
+        // The library: its summary (serialised, Debug, rendered) and its error value carry no
+        // token either, without the CLI's last pass.
+        let mock = start(&c);
+        let mut opts = lib_opts(&mock, &dir, "me/echo");
+        opts.token = Token::new(ECHO_TOKEN);
+        opts.create_pr = c.extra.contains(&"--create-pr");
+        opts.retry.max_retries = 0;
+        let shown = match upload(&opts, &Ui::quiet()) {
+            Ok(s) => {
+                assert!(c.ok, "{}: the library upload succeeded", c.name);
+                format!(
+                    "{}\n{s:?}\n{}",
+                    serde_json::to_string(&s).unwrap(),
+                    s.render()
+                )
+            }
+            Err(e) => {
+                assert!(!c.ok, "{}: {e}", c.name);
+                assert_eq!(e.exit_code(), 2, "{}: {e}", c.name);
+                format!("{e}\n{e:?}")
+            }
+        };
+        assert_no_leak(&shown, ECHO_TOKEN, &format!("{} (library)", c.name));
+        if c.shown {
+            assert!(shown.contains("[token]"), "{}: {shown}", c.name);
+        }
+    }
+}
+
+/// No crash text, whatever the exit code.
+#[track_caller]
+fn assert_refused_or_ok(o: &Output) {
+    let err = text(o).1;
+    for bad in ["panicked", "RUST_BACKTRACE", "stack backtrace"] {
+        assert!(!err.contains(bad), "{err}");
+    }
+}
+
+#[test]
+fn errors_name_the_step_the_request_and_what_to_do() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = packed_model(root.path());
+    let mock = Mock::basic();
+    mock.rewrite("POST", "/paths-info/", 1, |_| {
+        (200, vec![], b"<html>hi</html>".to_vec())
+    });
+    let e = upload(&lib_opts(&mock, &dir, "me/x"), &Ui::quiet())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("reading the repository's files")
+            && e.contains("POST http://")
+            && e.contains("/paths-info/main")
+            && e.contains("--endpoint"),
+        "{e}"
+    );
+    let mock = Mock::basic();
+    mock.rewrite("POST", "/objects/batch", 1, |a| {
+        with_json(a, |v| v["transfer"] = "carrier-pigeon".into())
+    });
+    let e = upload(&lib_opts(&mock, &dir, "me/x"), &Ui::quiet())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("LFS batch")
+            && e.contains("carrier-pigeon")
+            && e.contains("basic, multipart, xet")
+            && e.contains("--no-xet"),
+        "{e}"
+    );
+    // A commit whose answer is garbled may still have happened: say how to make sure.
+    let mock = Mock::basic();
+    mock.rewrite("POST", "/commit/", 1, |a| (a.0, a.1, b"ok".to_vec()));
+    let e = upload(&lib_opts(&mock, &dir, "me/x"), &Ui::quiet())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("committing") && e.contains("running the upload again"),
+        "{e}"
+    );
+    assert!(
+        upload(&lib_opts(&mock, &dir, "me/x"), &Ui::quiet())
+            .unwrap()
+            .nothing_changed
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Replies are read only up to a limit.
+
+#[test]
+fn a_huge_reply_is_refused_within_a_small_memory_budget() {
+    // 3 GiB streamed to the repository creation: l3kit reads 16 MiB and stops, under an
+    // address-space limit far below the body.
+    let root = tempfile::tempdir().unwrap();
+    let home = isolated_home();
+    let dir = packed_model(root.path());
+    for chunked in [false, true] {
+        let mock = Mock::basic();
+        mock.fail(
+            "POST",
+            "/repos/create",
+            FaultKind::Huge {
+                status: 200,
+                len: 3 << 30,
+                chunked,
+            },
+            1,
+        );
+        let url = mock.url();
+        let h = home.path().to_str().unwrap();
+        let o = common::run_limited(
+            [
+                "upload",
+                dir.to_str().unwrap(),
+                "--repo",
+                "me/x",
+                "--endpoint",
+                &url,
+                "--retries",
+                "0",
+            ],
+            &[
+                ("HF_TOKEN", TOKEN),
+                ("HF_TOKEN_PATH", ""),
+                ("HF_ENDPOINT", ""),
+                ("HF_HOME", h),
+                ("HOME", h),
+            ],
+            &common::Limits::default(),
+        );
+        common::assert_refused(
+            &o,
+            2,
+            &[
+                "creating the repository",
+                "16.00 MiB",
+                "JSON API replies",
+                "--endpoint",
+            ],
+        );
+        assert_no_token(&o);
+        assert_eq!(mock.commits(), 0);
+    }
+}
+
+#[test]
+fn every_kind_of_reply_has_its_limit() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = packed_model(root.path());
+    let limit = l3kit::hub::MAX_JSON_REPLY_BYTES;
+    // A JSON reply of exactly the limit is read; one byte more is refused.
+    let pad = |n: u64| {
+        move |a: Answer| {
+            let mut b = a.2;
+            b.resize(n as usize, b' ');
+            (a.0, a.1, b)
+        }
+    };
+    let mock = Mock::basic();
+    mock.rewrite("POST", "/paths-info/", 1, pad(limit));
+    upload(&lib_opts(&mock, &dir, "me/x"), &Ui::quiet()).unwrap();
+    let mock = Mock::basic();
+    mock.rewrite("POST", "/paths-info/", 1, pad(limit + 1));
+    let e = upload(&lib_opts(&mock, &dir, "me/x"), &Ui::quiet())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("reading the repository's files") && e.contains("16.00 MiB"),
+        "{e}"
+    );
+    assert_eq!(mock.commits(), 0);
+
+    // The LFS batch and the commit, streamed chunked.
+    for (method, path) in [("POST", "/objects/batch"), ("POST", "/commit/")] {
+        let mock = Mock::basic();
+        mock.fail(
+            method,
+            path,
+            FaultKind::Huge {
+                status: 200,
+                len: 64 << 20,
+                chunked: true,
+            },
+            1,
+        );
+        let e = upload(&lib_opts(&mock, &dir, "me/x"), &Ui::quiet()).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("JSON API replies"), "{path}: {e}");
+    }
+
+    // A storage PUT's answer: only its status matters, 64 KiB at most.
+    let mock = Mock::basic();
+    mock.rewrite("PUT", "/lfs/", 1, |a| (a.0, a.1, vec![b'x'; 65 << 10]));
+    let e = upload(&lib_opts(&mock, &dir, "me/x"), &Ui::quiet())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("uploading model-") && e.contains("64.00 KiB") && e.contains("storage replies"),
+        "{e}"
+    );
+    let mock = Mock::basic();
+    mock.rewrite("PUT", "/lfs/", 100, |a| (a.0, a.1, vec![b'x'; 64 << 10]));
+    upload(&lib_opts(&mock, &dir, "me/x"), &Ui::quiet()).unwrap();
+
+    // An error reply: 16 KiB are read and the start quoted; the message says it was cut.
+    let mock = Mock::basic();
+    mock.fail(
+        "POST",
+        "/preupload/",
+        FaultKind::Huge {
+            status: 400,
+            len: 1 << 30,
+            chunked: false,
+        },
+        1,
+    );
+    let started = Instant::now();
+    let e = upload(&lib_opts(&mock, &dir, "me/x"), &Ui::quiet())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("asking the Hub how to send each file")
+            && e.contains("400")
+            && e.contains("longer than the 16.00 KiB"),
+        "{e}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
+    // A transient status with an endless body is still retried, reading a little each time.
+    let mock = Mock::basic();
+    mock.fail(
+        "POST",
+        "/preupload/",
+        FaultKind::Huge {
+            status: 503,
+            len: 1 << 30,
+            chunked: true,
+        },
+        2,
+    );
+    let s = upload(&lib_opts(&mock, &dir, "me/x"), &Ui::quiet()).unwrap();
+    assert_eq!(s.traffic.retries, 2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// What is sent from the folder: the index's files and the side files, nothing else.
+
+fn skipped(summary: &serde_json::Value) -> BTreeMap<String, String> {
+    summary["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            (
+                k["path"].as_str().unwrap().to_string(),
+                k["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn only_the_index_files_and_the_side_files_are_sent() {
+    let root = tempfile::tempdir().unwrap();
+    let home = isolated_home();
+    let dir = packed_model(root.path());
+    let model_files = dir_files(&dir);
+    // Side files that go along.
+    std::fs::write(dir.join("LICENSE"), "MIT\n").unwrap();
+    std::fs::write(dir.join("meta_000100.json"), "{\"model_config\": {}}\n").unwrap();
+    std::fs::write(
+        dir.join(".gitattributes"),
+        "*.safetensors filter=lfs -text\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("allocation.safetensors"), b"not checked by upload").unwrap();
+    // A link inside the folder to a file inside it is fine.
+    std::fs::create_dir(dir.join("extra")).unwrap();
+    std::fs::write(dir.join("extra/tok.json"), "{\"tok\": 1}").unwrap();
+    std::os::unix::fs::symlink("extra/tok.json", dir.join("vocab.json")).unwrap();
+    // What must stay home.
+    std::os::unix::fs::symlink("/etc/passwd", dir.join("passwd.txt")).unwrap();
+    std::os::unix::fs::symlink("/etc", dir.join("etc")).unwrap();
+    std::fs::write(dir.join("notes.txt"), "my notes").unwrap();
+    std::fs::write(dir.join(".env"), format!("HF_TOKEN={TOKEN}\n")).unwrap();
+    std::fs::create_dir(dir.join("logs")).unwrap();
+    std::fs::write(dir.join("logs/train.log"), "loss 1.0").unwrap();
+    common::mkfifo(&dir.join("pipe"));
+    std::fs::write(dir.join("readme.md"), "lower-case name").unwrap();
+    let odd = std::ffi::OsStr::from_bytes(b"caf\xe9.txt");
+    std::fs::write(dir.join(odd), "latin-1 name").unwrap();
+    std::fs::write(dir.join("evil\x1b[2J.txt"), "a name with a terminal escape").unwrap();
+    let before = common::snapshot(&dir);
+
+    let mock = Mock::basic();
+    // The dry run lists the same split.
+    let o = upload_cli(&mock, &dir, "me/x", &["--dry-run", "--json"], home.path());
+    assert!(o.status.success(), "{:?}", text(&o));
+    let plan: serde_json::Value = serde_json::from_str(&text(&o).0).unwrap();
+    let o = upload_cli(&mock, &dir, "me/x", &["--json"], home.path());
+    assert!(o.status.success(), "{:?}", text(&o));
+    let summary: serde_json::Value = serde_json::from_str(&text(&o).0).unwrap();
+    assert_eq!(
+        plan["files"].as_array().unwrap().len(),
+        summary["files"].as_array().unwrap().len()
+    );
+    assert_eq!(skipped(&plan), skipped(&summary));
+
+    let mut hub = mock.files("me/x", "main");
+    hub.remove("README.md");
+    let mut want = model_files.clone();
+    want.insert("LICENSE".into(), b"MIT\n".to_vec());
+    want.insert(
+        "meta_000100.json".into(),
+        b"{\"model_config\": {}}\n".to_vec(),
+    );
+    want.insert(
+        ".gitattributes".into(),
+        b"*.safetensors filter=lfs -text\n".to_vec(),
+    );
+    want.insert(
+        "allocation.safetensors".into(),
+        b"not checked by upload".to_vec(),
+    );
+    want.insert("vocab.json".into(), b"{\"tok\": 1}".to_vec());
+    assert_eq!(
+        hub.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>()
+    );
+    assert_eq!(hub, want);
+
+    let sk = skipped(&summary);
+    let reason = |p: &str| {
+        sk.get(p)
+            .unwrap_or_else(|| panic!("{p} not listed as skipped: {sk:?}"))
+    };
+    assert!(reason("passwd.txt").contains("symbolic link"));
+    assert!(reason("etc").contains("symbolic link"));
+    assert!(reason("notes.txt").contains("not listed by model.safetensors.index.json"));
+    assert!(reason(".env").contains("hidden"));
+    assert!(reason("logs").contains("folder"));
+    assert!(reason("extra").contains("folder"));
+    assert!(reason("pipe").contains("FIFO"));
+    assert!(reason("readme.md").contains("not listed"));
+    assert!(reason("caf\u{fffd}.txt").contains("not UTF-8"));
+    assert!(reason("evil\x1b[2J.txt").contains("not listed"));
+    assert_eq!(sk.len(), 10, "{sk:?}");
+    // The human report says so too.
+    mock.clear_requests();
+    let o = upload_cli(&mock, &dir, "me/y", &[], home.path());
+    let out = text(&o).0;
+    assert!(o.status.success(), "{out}");
+    assert!(out.contains("not sent (10;"), "{out}");
+    assert!(
+        out.contains("evil?[2J.txt") && !out.contains('\x1b'),
+        "{out:?}"
+    );
+    assert!(out.contains("passwd.txt  (a symbolic link"), "{out}");
+    assert!(out.contains("pipe  (a FIFO"), "{out}");
+    // The folder is as it was.
+    assert_eq!(common::snapshot(&dir), before);
+}
+
+#[test]
+fn a_file_to_send_that_leads_out_of_the_folder_is_an_error() {
+    let root = tempfile::tempdir().unwrap();
+    let home = isolated_home();
+    let dir = packed_model(root.path());
+    let outside = root.path().join("outside.json");
+    std::fs::write(&outside, "{\"secret\": true}").unwrap();
+    let shard = "model-00002-of-00003.safetensors";
+    // (the file named in the error, make the link, undo it)
+    type Case = (&'static str, Box<dyn Fn()>, Box<dyn Fn()>);
+    let mut cases: Vec<Case> = Vec::new();
+    // A side file linked to a system file, to a file beside the folder, to a device.
+    for (name, target) in [
+        ("tokenizer.json", PathBuf::from("/etc/passwd")),
+        ("README.md", PathBuf::from("../outside.json")),
+        ("merges.txt", PathBuf::from("/dev/zero")),
+    ] {
+        let link = dir.join(name);
+        let l2 = link.clone();
+        cases.push((
+            name,
+            Box::new(move || std::os::unix::fs::symlink(&target, &link).unwrap()),
+            Box::new(move || std::fs::remove_file(&l2).unwrap()),
+        ));
+    }
+    // A shard the index lists, replaced by a link to an identical copy outside: the check
+    // (which follows links) passes, but the bytes would come from outside the folder.
+    {
+        let (d1, d2) = (dir.clone(), dir.clone());
+        let copy = root.path().join("copy.safetensors");
+        cases.push((
+            shard,
+            Box::new(move || {
+                std::fs::rename(d1.join(shard), &copy).unwrap();
+                std::os::unix::fs::symlink(&copy, d1.join(shard)).unwrap();
+            }),
+            Box::new(move || {
+                let copy = d2.parent().unwrap().join("copy.safetensors");
+                std::fs::remove_file(d2.join(shard)).unwrap();
+                std::fs::rename(&copy, d2.join(shard)).unwrap();
+            }),
+        ));
+    }
+    let mock = Mock::basic();
+    for (name, make, undo) in &cases {
+        make();
+        for dry in [true, false] {
+            let extra: &[&str] = if dry { &["--dry-run"] } else { &[] };
+            let o = upload_cli(&mock, &dir, "me/x", extra, home.path());
+            common::assert_refused(&o, 2, &[name, "outside the folder", "remove the link"]);
+        }
+        undo();
+    }
+    assert!(mock.requests().is_empty());
+    // Put back, the folder uploads.
+    let o = upload_cli(&mock, &dir, "me/x", &[], home.path());
+    assert!(o.status.success(), "{:?}", text(&o));
+}
+
+#[test]
+fn a_fifo_among_the_files_to_send_is_an_error_not_a_hang() {
+    let root = tempfile::tempdir().unwrap();
+    let home = isolated_home();
+    let dir = packed_model(root.path());
+    let h = home.path().to_str().unwrap();
+    let mock = Mock::basic();
+    let url = mock.url();
+    for name in ["README.md", "LICENSE", "meta_000001.json"] {
+        let p = dir.join(name);
+        common::mkfifo(&p);
+        for dry in [true, false] {
+            let mut args = vec![
+                "upload",
+                dir.to_str().unwrap(),
+                "--repo",
+                "me/x",
+                "--endpoint",
+                &url,
+            ];
+            if dry {
+                args.push("--dry-run");
+            }
+            let o = common::run_limited(
+                &args,
+                &[("HF_TOKEN", TOKEN), ("HF_TOKEN_PATH", ""), ("HF_HOME", h)],
+                &common::Limits {
+                    time: Duration::from_secs(30),
+                    ..Default::default()
+                },
+            );
+            common::assert_refused(&o, 2, &[name, "FIFO"]);
+        }
+        std::fs::remove_file(&p).unwrap();
+    }
+    assert!(mock.requests().is_empty());
+}
+
+#[test]
+fn an_index_naming_a_file_outside_the_folder_is_refused() {
+    // Upload takes its list from the index: a key that climbs out must not be followed.
+    let root = tempfile::tempdir().unwrap();
+    let home = isolated_home();
+    let dir = packed_model(root.path());
+    let outside = root.path().join("secret.txt");
+    std::fs::write(&outside, "secret").unwrap();
+    let index_path = dir.join("model.safetensors.index.json");
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+    let sha = sha256_hex(b"secret");
+    for key in ["../secret.txt", outside.to_str().unwrap()] {
+        let mut i = index.clone();
+        i["metadata"]["sha256"][key] = sha.clone().into();
+        std::fs::write(&index_path, serde_json::to_vec_pretty(&i).unwrap()).unwrap();
+        let mock = Mock::basic();
+        let o = upload_cli(&mock, &dir, "me/x", &["--dry-run"], home.path());
+        assert_ne!(o.status.code(), Some(0), "{key}: {:?}", text(&o));
+        let err = text(&o).1;
+        assert!(
+            err.contains("model.safetensors.index.json") && err.contains(key),
+            "{key}: {err}"
+        );
+        assert!(!text(&o).0.contains("secret.txt"));
+        assert!(mock.requests().is_empty());
+    }
+    std::fs::write(&index_path, serde_json::to_vec_pretty(&index).unwrap()).unwrap();
+}
+
+#[test]
+fn a_file_swapped_for_a_link_during_the_upload_is_noticed() {
+    // While the Hub is asked how to send each file, README.md is replaced by a link to a file
+    // outside the folder with the same size and modification time. The bytes sent are the
+    // original ones (read through the handle opened when the files were listed), and the
+    // commit is refused because another file took README.md's place.
+    let root = tempfile::tempdir().unwrap();
+    let dir = packed_model(root.path());
+    let readme = dir.join("README.md");
+    std::fs::write(&readme, "# my card, 24 bytes long\n").unwrap();
+    let outside = root.path().join("stolen.md");
+    let len = std::fs::metadata(&readme).unwrap().len();
+    std::fs::write(&outside, vec![b's'; len as usize]).unwrap();
+    let mtime = std::fs::metadata(&readme).unwrap().modified().unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&outside)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let mock = Mock::basic();
+    let (r, o) = (readme.clone(), outside.clone());
+    mock.rewrite("POST", "/preupload/", 1, move |a| {
+        std::fs::remove_file(&r).unwrap();
+        std::os::unix::fs::symlink(&o, &r).unwrap();
+        a
+    });
+    let e = upload(&lib_opts(&mock, &dir, "me/x"), &Ui::quiet()).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("README.md") && msg.contains("changed during the upload"),
+        "{msg}"
+    );
+    assert_eq!(mock.commits(), 0);
+    for r in mock.requests() {
+        let b64 = b"c3Nzc3Nz"; // base64 of "ssssss", as inline files travel
+        assert!(
+            !r.body.windows(8).any(|w| w == b"ssssssss" || w == b64),
+            "the outside file's bytes were sent to {}",
+            r.path
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The token file is read with a limit, and never waited on.
+
+#[test]
+fn a_token_file_that_is_not_a_small_regular_file_is_an_error_naming_it() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = packed_model(root.path());
+    let home = isolated_home();
+    let h = home.path().to_str().unwrap();
+    let mock = Mock::basic();
+    let url = mock.url();
+    let fifo = root.path().join("token.fifo");
+    common::mkfifo(&fifo);
+    let big = root.path().join("big-token");
+    std::fs::write(&big, vec![b'a'; 100 << 10]).unwrap();
+    let spaced = root.path().join("spaced-token");
+    std::fs::write(&spaced, format!("{TOKEN} second-word\n")).unwrap();
+    let folder = root.path().join("token-folder");
+    std::fs::create_dir(&folder).unwrap();
+    let hf_home = root.path().join("hf-home");
+    std::fs::create_dir(&hf_home).unwrap();
+    common::mkfifo(&hf_home.join("token"));
+    // (the environment, what the message must say)
+    type Case<'a> = (Vec<(&'a str, String)>, Vec<String>);
+    let cases: Vec<Case> = vec![
+        (
+            vec![("HF_TOKEN_PATH", fifo.display().to_string())],
+            vec![
+                fifo.display().to_string(),
+                "FIFO".into(),
+                "HF_TOKEN_PATH".into(),
+            ],
+        ),
+        (
+            vec![("HF_TOKEN_PATH", "/dev/zero".into())],
+            vec!["/dev/zero".into(), "character device".into()],
+        ),
+        (
+            vec![("HF_TOKEN_PATH", big.display().to_string())],
+            vec![big.display().to_string(), "65536-byte limit".into()],
+        ),
+        (
+            vec![("HF_TOKEN_PATH", spaced.display().to_string())],
+            vec![spaced.display().to_string(), "one word".into()],
+        ),
+        (
+            vec![("HF_TOKEN_PATH", folder.display().to_string())],
+            vec![folder.display().to_string(), "directory".into()],
+        ),
+        (
+            vec![
+                ("HF_TOKEN_PATH", String::new()),
+                ("HF_HOME", hf_home.display().to_string()),
+            ],
+            vec![
+                hf_home.join("token").display().to_string(),
+                "FIFO".into(),
+                "$HF_HOME/token".into(),
+            ],
+        ),
+        (
+            vec![("HF_TOKEN", format!("{TOKEN}\nX-Injected: 1"))],
+            vec!["HF_TOKEN".into(), "one word".into()],
+        ),
+    ];
+    for (vars, needles) in cases {
+        for dry in [true, false] {
+            let mut args = vec![
+                "upload",
+                dir.to_str().unwrap(),
+                "--repo",
+                "me/x",
+                "--endpoint",
+                &url,
+            ];
+            if dry {
+                args.push("--dry-run");
+            }
+            let mut env: Vec<(&str, &str)> = vec![
+                ("HF_TOKEN", ""),
+                ("HF_HOME", h),
+                ("HOME", h),
+                ("HF_ENDPOINT", ""),
+            ];
+            for (k, v) in &vars {
+                env.retain(|(e, _)| e != k);
+                env.push((k, v.as_str()));
+            }
+            let o = common::run_limited(
+                &args,
+                &env,
+                &common::Limits {
+                    time: Duration::from_secs(30),
+                    ..Default::default()
+                },
+            );
+            let needles: Vec<&str> = needles.iter().map(String::as_str).collect();
+            common::assert_refused(&o, 2, &needles);
+            assert_no_token(&o);
+        }
+    }
+    assert!(mock.requests().is_empty());
+    // A missing token file is no error: the dry run says none was found.
+    let o = common::run_limited(
+        [
+            "upload",
+            dir.to_str().unwrap(),
+            "--repo",
+            "me/x",
+            "--dry-run",
+            "--endpoint",
+            &url,
+        ],
+        &[
+            ("HF_TOKEN", ""),
+            ("HF_TOKEN_PATH", root.path().join("nope").to_str().unwrap()),
+            ("HOME", h),
+        ],
+        &common::Limits::default(),
+    );
+    assert!(common::assert_ok(&o).contains("token: none found"));
 }

@@ -15,6 +15,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod common;
+
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_l3kit"))
 }
@@ -401,8 +403,25 @@ fn missing_tensors_and_shape_mismatches_are_refused() {
     write_ckpt(&p, t);
     pack_fails(&p, &[], "missing tensor l3_layers.0.w_mix.weight");
 
-    write_ckpt(&p, nanochat_layer(0, &[0, 2, 3, 5], 5));
-    pack_fails(&p, &[], "l3_lambdas");
+    // Without l3_lambdas a nanochat checkpoint is the --l3-no-lambda variant (packed in
+    // `nanochat_without_lambdas_packs_with_the_add_residual`), unless the run's metadata says
+    // it had lambdas, or a lambdas tensor sits under another prefix.
+    let ck = dir.path().join("meta-says-lambdas");
+    std::fs::create_dir(&ck).unwrap();
+    write_ckpt(
+        &ck.join("model.safetensors"),
+        nanochat_layer(0, &[0, 2, 3, 5], 5),
+    );
+    std::fs::write(
+        ck.join("meta_000100.json"),
+        r#"{"model_config": {"l3_lambda": true}}"#,
+    )
+    .unwrap();
+    pack_fails(&ck, &[], "l3_lambdas");
+    let mut t = nanochat_layer(0, &[0, 2, 3, 5], 5);
+    t.push(f32s("model.l3_lambdas", &[1]));
+    write_ckpt(&p, t);
+    pack_fails(&p, &[], "model.l3_lambdas");
 
     let mut t = nanochat_layer(0, &[0, 2, 3, 5], 5);
     t[2] = f32s("l3_layers.0.w_up.weight", &[6, 3]);
@@ -557,4 +576,862 @@ fn inspect_reports_source_and_packed() {
     assert_eq!(r["dtype"], "int8");
     // int8 row: 16 + 8 values plus two f32 scales.
     assert_eq!(r["layers"][0]["bytes_per_row"], 24 + 8);
+}
+
+// ---- source checkpoints: real nanochat runs, carried files, links, FIFOs, maps, dtypes ----
+
+fn fixture(rel: &str) -> PathBuf {
+    common::fixture(rel)
+}
+
+fn json_of(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// `l3kit ARGS` must be refused (exit 2) with every needle, leave `root` as it was (no output,
+/// no temporary folder, inputs unchanged), and never block or allocate much.
+#[track_caller]
+fn refused(root: &Path, args: &[&std::ffi::OsStr], needles: &[&str]) -> String {
+    let before = common::snapshot(root);
+    let out = common::run(args);
+    common::assert_refused(&out, 2, needles);
+    assert_eq!(
+        before,
+        common::snapshot(root),
+        "the run left files behind or changed an input"
+    );
+    common::stderr(&out)
+}
+
+fn os(s: &Path) -> &std::ffi::OsStr {
+    s.as_os_str()
+}
+
+/// Every variant of the fork's own checkpoints (`torch.save` zips, storages tagged `cuda:0`,
+/// bf16 `kv_weight` beside f32 tensors, L3 under `l3_layers.{k}`) packs, checks and verifies,
+/// and its `meta_000100.json` travels into the packed folder byte for byte.
+#[test]
+fn nanochat_fork_checkpoints_pack_inspect_and_verify() {
+    for (variant, residual, layers) in [
+        ("default", "add_lambda", 2),
+        ("nolambda", "add", 2),
+        ("looped", "add_lambda", 1),
+        ("swiglu_gqa", "add_lambda", 1),
+        ("convswiglu", "add_lambda", 1),
+    ] {
+        let src = fixture(&format!("nanochat/{variant}"));
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("packed");
+        let o = common::run([os(Path::new("inspect")), os(&src), os(Path::new("--json"))]);
+        let r: serde_json::Value = serde_json::from_str(&common::assert_ok(&o)).unwrap();
+        assert_eq!(r["dialect"], "nanochat", "{variant}");
+        assert_eq!(r["semantics"]["residual"], residual, "{variant}");
+        assert_eq!(r["vocab_size"], 513, "{variant}");
+
+        let o = common::run([
+            os(Path::new("pack")),
+            os(&src),
+            os(Path::new("--out")),
+            os(&out),
+            os(Path::new("--json")),
+        ]);
+        let s: serde_json::Value = serde_json::from_str(&common::assert_ok(&o)).unwrap();
+        assert_eq!(s["residual"], residual, "{variant}");
+        assert_eq!(s["layers"].as_array().unwrap().len(), layers, "{variant}");
+        assert_eq!(s["allocation"]["from"], "checkpoint", "{variant}");
+        let config = json_of(&out.join("config.json"));
+        let l3 = &config["l3"];
+        assert_eq!(l3["semantics"]["residual"], residual, "{variant}");
+        for l in l3["layers"].as_array().unwrap() {
+            assert!(l["name"].as_str().unwrap().starts_with("l3_layers."));
+            assert_eq!(l["source"]["dtype"], "BF16");
+            assert_eq!(l["lambda"].is_null(), residual == "add", "{variant}");
+        }
+        let meta = std::fs::read(src.join("meta_000100.json")).unwrap();
+        assert_eq!(std::fs::read(out.join("meta_000100.json")).unwrap(), meta);
+        let index = json_of(&out.join("model.safetensors.index.json"));
+        assert!(index["metadata"]["sha256"]["meta_000100.json"].is_string());
+        assert!(!out.join("golden.safetensors").exists());
+
+        let o = common::run([os(Path::new("inspect")), os(Path::new("--check")), os(&out)]);
+        common::assert_ok(&o);
+        let o = common::run([
+            os(Path::new("verify")),
+            os(Path::new("--source")),
+            os(&src),
+            os(Path::new("--packed")),
+            os(&out),
+            os(Path::new("--json")),
+        ]);
+        let v: serde_json::Value = serde_json::from_str(&common::assert_ok(&o)).unwrap();
+        assert_eq!(v["passed"], true, "{variant}");
+        for l in v["layers"].as_array().unwrap() {
+            assert_eq!(
+                l["max_abs_error"], 0.0,
+                "{variant}: bf16 tables are copied bit for bit"
+            );
+        }
+
+        // The carried metadata is covered by the hashes.
+        let meta_out = out.join("meta_000100.json");
+        let mut bytes = std::fs::read(&meta_out).unwrap();
+        bytes[10] ^= 1;
+        std::fs::write(&meta_out, bytes).unwrap();
+        let o = common::run([os(Path::new("inspect")), os(Path::new("--check")), os(&out)]);
+        assert_eq!(o.status.code(), Some(1), "{variant}");
+        assert!(common::stdout(&o).contains("meta_000100.json"));
+    }
+}
+
+/// The `add` residual is x + out: on the `nolambda` checkpoint, the layer's output minus its
+/// input equals what the same weights give with the `replace` residual.
+#[test]
+fn the_add_residual_adds_the_output_to_the_hidden_state() {
+    use candle_core::Device;
+    use l3kit::verify::{self, Inputs, SourceOptions};
+    let src = fixture("nanochat/nolambda");
+    let dir = tempfile::tempdir().unwrap();
+    let map = dir.path().join("replace.toml");
+    let mut text = String::from("dialect = \"nanochat\"\nresidual = \"replace\"\n");
+    for k in [1, 2] {
+        text.push_str(&format!(
+            "[[layers]]\nname = \"l3_layers.{k}\"\nkeys = \"l3_layers.{k}.kv_weight\"\n\
+             bounds = \"l3_layers.{k}.bounds\"\nw_up = \"l3_layers.{k}.w_up.weight\"\n\
+             w_mix = \"l3_layers.{k}.w_mix.weight\"\n"
+        ));
+    }
+    std::fs::write(&map, text).unwrap();
+    let add = verify::load_source(&src, &SourceOptions::default(), &Device::Cpu).unwrap();
+    let replace = verify::load_source(
+        &src,
+        &SourceOptions {
+            map: Some(map),
+            ..Default::default()
+        },
+        &Device::Cpu,
+    )
+    .unwrap();
+    let inputs = Inputs::random(64, 48, add.vocab, None, 7).unwrap();
+    let x = &inputs.shared.as_ref().unwrap().0;
+    for (a, r) in add.layers.iter().zip(&replace.layers) {
+        assert_eq!(
+            a.layer.cfg.semantics.residual,
+            l3kit::formats::semantics::Residual::Add
+        );
+        let ya = verify::run_layer(a, &inputs, &Device::Cpu).unwrap();
+        let yr = verify::run_layer(r, &inputs, &Device::Cpu).unwrap();
+        let mut moved = 0f32;
+        for ((ya, yr), x) in ya.iter().zip(&yr).zip(x) {
+            assert!(
+                (ya - (x + yr)).abs() <= 1e-5 * (1.0 + x.abs()),
+                "{ya} vs {x} + {yr}"
+            );
+            moved = moved.max(yr.abs());
+        }
+        assert!(moved > 1e-3, "the layer output is not trivially zero");
+    }
+}
+
+#[test]
+fn config_json_and_run_metadata_are_carried_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("ck");
+    std::fs::create_dir(&ck).unwrap();
+    std::fs::copy(
+        fixture("nanochat/default/model_000100.pt"),
+        ck.join("model_000100.pt"),
+    )
+    .unwrap();
+    std::fs::copy(
+        fixture("nanochat/default/meta_000100.json"),
+        ck.join("meta_000100.json"),
+    )
+    .unwrap();
+    std::fs::write(ck.join("meta_000200.json"), "{\"step\": 200}").unwrap();
+    std::fs::write(
+        ck.join("config.json"),
+        r#"{"model_type": "nanochat", "n_layer": 4}"#,
+    )
+    .unwrap();
+    std::fs::write(ck.join("tokenizer.json"), "{}").unwrap();
+    let out = dir.path().join("out");
+    let o = common::run([
+        os(Path::new("pack")),
+        os(&ck),
+        os(Path::new("--out")),
+        os(&out),
+    ]);
+    let report = common::assert_ok(&o);
+    assert!(
+        report.contains(
+            "carried over: config.json, meta_000100.json, meta_000200.json, tokenizer.json"
+        ),
+        "{report}"
+    );
+    for f in ["meta_000100.json", "meta_000200.json", "tokenizer.json"] {
+        assert_eq!(
+            std::fs::read(out.join(f)).unwrap(),
+            std::fs::read(ck.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+    let config = json_of(&out.join("config.json"));
+    assert_eq!(config["model_type"], "nanochat");
+    assert_eq!(config["n_layer"], 4);
+    assert_eq!(config["l3"]["format"], "l3kit-packed");
+    let index = json_of(&out.join("model.safetensors.index.json"));
+    let hashed: Vec<&String> = index["metadata"]["sha256"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .collect();
+    for f in [
+        "config.json",
+        "meta_000100.json",
+        "meta_000200.json",
+        "tokenizer.json",
+    ] {
+        assert!(hashed.iter().any(|h| *h == f), "{f} not in {hashed:?}");
+    }
+    common::assert_ok(&common::run([
+        os(Path::new("inspect")),
+        os(Path::new("--check")),
+        os(&out),
+    ]));
+
+    // A carried file that is not JSON, or config.json that is not an object: refused early.
+    std::fs::write(ck.join("meta_000200.json"), "step 200").unwrap();
+    let out2 = dir.path().join("out2");
+    refused(
+        dir.path(),
+        &[
+            os(Path::new("pack")),
+            os(&ck),
+            os(Path::new("--out")),
+            os(&out2),
+        ],
+        &["meta_000200.json", "not valid JSON"],
+    );
+    std::fs::write(ck.join("meta_000200.json"), "{}").unwrap();
+    std::fs::write(ck.join("config.json"), "[1, 2]").unwrap();
+    refused(
+        dir.path(),
+        &[
+            os(Path::new("pack")),
+            os(&ck),
+            os(Path::new("--out")),
+            os(&out2),
+        ],
+        &["config.json", "not a JSON object"],
+    );
+}
+
+/// With `--other-dtype bf16` the lambdas are stored in bf16, and the config records exactly
+/// what is stored.
+#[test]
+fn lambdas_are_recorded_as_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("checkpoints/nanochat/model.safetensors");
+    let out = dir.path().join("packed");
+    let mut o = PackOptions::new(src, out.clone());
+    o.other_dtype = Some(TableDtype::Bf16);
+    pack(&o, &Ui::quiet()).unwrap();
+    let model = PackedModel::open(&out).unwrap();
+    let lambdas = model.shards.tensor("l3_lambdas").unwrap().clone();
+    assert_eq!(lambdas.dtype, Dtype::BF16);
+    use l3kit::formats::safetensors::TensorReader;
+    let bytes = model.shards.read_all("l3_lambdas").unwrap();
+    for (i, l) in model.config.layers.iter().enumerate() {
+        let stored = half::bf16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]]).to_f32() as f64;
+        assert_eq!(l.lambda, Some(stored), "layer {}", l.name);
+    }
+    // 0.3 and 0.7 are not bf16 values: the f32 value would differ.
+    assert_ne!(model.config.layers[0].lambda, Some(0.3f32 as f64));
+
+    // Such a folder still verifies against its source (int8 tables leave room for the bf16
+    // dense weights): the rounded lambda is the same lambda.
+    let out = dir.path().join("int8");
+    let src = fixture("nanochat/default");
+    common::assert_ok(&common::run([
+        os(Path::new("pack")),
+        os(&src),
+        os(Path::new("--dtype")),
+        os(Path::new("int8")),
+        os(Path::new("--other-dtype")),
+        os(Path::new("bf16")),
+        os(Path::new("--out")),
+        os(&out),
+    ]));
+    common::assert_ok(&common::run([
+        os(Path::new("verify")),
+        os(Path::new("--source")),
+        os(&src),
+        os(Path::new("--packed")),
+        os(&out),
+    ]));
+}
+
+#[test]
+fn an_allocation_beside_the_weights_is_used_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("packed");
+    let src = fixture("trained");
+    let o = common::run([
+        os(Path::new("pack")),
+        os(&src),
+        os(Path::new("--out")),
+        os(&out),
+        os(Path::new("--json")),
+    ]);
+    let s: serde_json::Value = serde_json::from_str(&common::assert_ok(&o)).unwrap();
+    assert_eq!(s["allocation"]["from"], "beside");
+    assert!(s["allocation"]["path"]
+        .as_str()
+        .unwrap()
+        .ends_with("allocation.safetensors"));
+    common::assert_ok(&common::run([
+        os(Path::new("inspect")),
+        os(Path::new("--check")),
+        os(&out),
+    ]));
+    let out2 = dir.path().join("packed2");
+    let o = common::run([
+        os(Path::new("pack")),
+        os(&src),
+        os(Path::new("--out")),
+        os(&out2),
+    ]);
+    let report = common::assert_ok(&o);
+    assert!(report.contains("beside the checkpoint"), "{report}");
+    // The same bounds as when the file is named.
+    let a = PackedModel::open(&out).unwrap();
+    let b = PackedModel::open(&out2).unwrap();
+    assert_eq!(a.bounds(0).unwrap(), b.bounds(0).unwrap());
+}
+
+#[test]
+fn other_dtype_offers_only_float_dtypes() {
+    let o = common::run(["pack", "--help"]);
+    let help = common::assert_ok(&o);
+    let section = help
+        .split("--other-dtype")
+        .nth(1)
+        .unwrap()
+        .split("--max-shard-size")
+        .next()
+        .unwrap();
+    assert!(section.contains("bf16"), "{section}");
+    assert!(
+        !section.contains("int8"),
+        "--other-dtype offers int8:\n{section}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("checkpoints/nanochat/model.safetensors");
+    let out = dir.path().join("out");
+    refused(
+        dir.path(),
+        &[
+            os(Path::new("pack")),
+            os(&src),
+            os(Path::new("--other-dtype")),
+            os(Path::new("int8")),
+            os(Path::new("--out")),
+            os(&out),
+        ],
+        &["int8", "--other-dtype"],
+    );
+}
+
+#[test]
+fn the_output_may_not_overlap_the_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("ck");
+    std::fs::create_dir(&ck).unwrap();
+    std::fs::copy(
+        fixture("checkpoints/nanochat/model.safetensors"),
+        ck.join("model.safetensors"),
+    )
+    .unwrap();
+    for out in [ck.clone(), ck.join("packed"), dir.path().to_path_buf()] {
+        refused(
+            dir.path(),
+            &[
+                os(Path::new("pack")),
+                os(&ck),
+                os(Path::new("--out")),
+                os(&out),
+                os(Path::new("--force")),
+            ],
+            &["--out", "would destroy it"],
+        );
+    }
+}
+
+/// The link rule of docs/format.md, "Source checkpoints".
+#[test]
+fn links_leaving_the_checkpoint_folder_are_refused() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let secret = root.join("secret.txt");
+    std::fs::write(&secret, "HF_TOKEN=hf_do_not_leak").unwrap();
+    let weights = fixture("checkpoints/nanochat/model.safetensors");
+    let ck = root.join("ck");
+    let fresh = |extra: &dyn Fn(&Path)| {
+        if ck.exists() {
+            std::fs::remove_dir_all(&ck).unwrap();
+        }
+        std::fs::create_dir(&ck).unwrap();
+        std::fs::copy(&weights, ck.join("model.safetensors")).unwrap();
+        extra(&ck);
+    };
+    let out = root.join("out");
+    let pack_args = |src: &Path| -> Vec<std::ffi::OsString> {
+        vec![
+            "pack".into(),
+            src.into(),
+            "--out".into(),
+            out.clone().into(),
+        ]
+    };
+    let run_refused = |src: &Path, needles: &[&str]| {
+        let args = pack_args(src);
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        let err = refused(root, &args, needles);
+        assert!(!err.contains("hf_do_not_leak"), "{err}");
+        assert!(!err.contains("root:x:0"), "{err}");
+    };
+    for (file, target) in [
+        ("tokenizer.json", Path::new("/etc/passwd").to_path_buf()),
+        ("tokenizer.json", secret.clone()),
+        ("config.json", secret.clone()),
+        ("meta_000100.json", secret.clone()),
+        ("special_tokens_map.json", PathBuf::from("../secret.txt")),
+    ] {
+        fresh(&|ck| symlink(&target, ck.join(file)).unwrap());
+        run_refused(
+            &ck,
+            &[file, "symbolic link", "outside the checkpoint folder"],
+        );
+    }
+    // A dangling link.
+    fresh(&|ck| symlink(ck.join("nowhere.json"), ck.join("tokenizer.json")).unwrap());
+    run_refused(&ck, &["tokenizer.json", "dangling"]);
+    // The checkpoint's own data file, and a shard reached through a linked subfolder.
+    let elsewhere = root.join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::fs::copy(&weights, elsewhere.join("model.safetensors")).unwrap();
+    fresh(&|ck| {
+        std::fs::remove_file(ck.join("model.safetensors")).unwrap();
+        symlink(
+            elsewhere.join("model.safetensors"),
+            ck.join("model.safetensors"),
+        )
+        .unwrap();
+    });
+    run_refused(&ck, &["model.safetensors", "outside the checkpoint folder"]);
+    fresh(&|ck| {
+        std::fs::remove_file(ck.join("model.safetensors")).unwrap();
+        symlink(&elsewhere, ck.join("shards")).unwrap();
+        let names: Vec<String> = Checkpoint::open(&weights)
+            .unwrap()
+            .names()
+            .map(str::to_string)
+            .collect();
+        let map: serde_json::Map<String, serde_json::Value> = names
+            .into_iter()
+            .map(|n| (n, "shards/model.safetensors".into()))
+            .collect();
+        std::fs::write(
+            ck.join("model.safetensors.index.json"),
+            serde_json::to_vec(&serde_json::json!({"weight_map": map})).unwrap(),
+        )
+        .unwrap();
+    });
+    run_refused(
+        &ck,
+        &["shards/model.safetensors", "outside the checkpoint folder"],
+    );
+
+    // Links that stay inside the folder are followed, and the file is copied.
+    fresh(&|ck| {
+        std::fs::create_dir(ck.join("sub")).unwrap();
+        std::fs::write(ck.join("sub/tok.json"), "{\"inside\": true}").unwrap();
+        symlink("sub/tok.json", ck.join("tokenizer.json")).unwrap();
+    });
+    common::assert_ok(&common::run(pack_args(&ck)));
+    assert_eq!(
+        std::fs::read_to_string(out.join("tokenizer.json")).unwrap(),
+        "{\"inside\": true}"
+    );
+    assert!(!out.join("tokenizer.json").is_symlink());
+    std::fs::remove_dir_all(&out).unwrap();
+    // A checkpoint given as a path on the command line is followed wherever it points.
+    let link = root.join("link.safetensors");
+    symlink(&weights, &link).unwrap();
+    common::assert_ok(&common::run(pack_args(&link)));
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+/// A Hugging Face cache snapshot links its files to `../../blobs/HASH`: followed within the
+/// same `models--ORG--NAME` folder, refused into another model's blobs.
+#[test]
+fn hugging_face_cache_snapshots_are_read_through_their_blobs() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().unwrap();
+    let hub = dir.path().join("hub");
+    let model = hub.join("models--org--tiny");
+    let snap = model.join("snapshots/0123abcd");
+    std::fs::create_dir_all(&snap).unwrap();
+    std::fs::create_dir_all(model.join("blobs")).unwrap();
+    std::fs::copy(
+        fixture("checkpoints/nanochat/model.safetensors"),
+        model.join("blobs/aaaa"),
+    )
+    .unwrap();
+    std::fs::write(model.join("blobs/bbbb"), "{\"tok\": 1}").unwrap();
+    symlink("../../blobs/aaaa", snap.join("model.safetensors")).unwrap();
+    symlink("../../blobs/bbbb", snap.join("tokenizer.json")).unwrap();
+    let out = dir.path().join("out");
+    common::assert_ok(&common::run([
+        os(Path::new("pack")),
+        os(&snap),
+        os(Path::new("--out")),
+        os(&out),
+    ]));
+    assert_eq!(
+        std::fs::read_to_string(out.join("tokenizer.json")).unwrap(),
+        "{\"tok\": 1}"
+    );
+    // Another model's blob is outside this snapshot's model folder.
+    let other = hub.join("models--org--other/blobs");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("cccc"), "{\"other\": 1}").unwrap();
+    std::fs::remove_file(snap.join("tokenizer.json")).unwrap();
+    symlink(
+        "../../../models--org--other/blobs/cccc",
+        snap.join("tokenizer.json"),
+    )
+    .unwrap();
+    let out2 = dir.path().join("out2");
+    refused(
+        dir.path(),
+        &[
+            os(Path::new("pack")),
+            os(&snap),
+            os(Path::new("--out")),
+            os(&out2),
+        ],
+        &["tokenizer.json", "outside the checkpoint folder"],
+    );
+    // A folder that merely looks like a snapshot elsewhere gets no such allowance.
+    let fake = dir.path().join("fake/snapshots/rev");
+    std::fs::create_dir_all(&fake).unwrap();
+    symlink(model.join("blobs/aaaa"), fake.join("model.safetensors")).unwrap();
+    refused(
+        dir.path(),
+        &[
+            os(Path::new("pack")),
+            os(&fake),
+            os(Path::new("--out")),
+            os(&out2),
+        ],
+        &["model.safetensors", "outside the checkpoint folder"],
+    );
+}
+
+#[test]
+fn fifos_in_a_source_folder_never_block() {
+    for name in [
+        "config.json",
+        "tokenizer.json",
+        "meta_000100.json",
+        "generation_config.json",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let ck = dir.path().join("ck");
+        std::fs::create_dir(&ck).unwrap();
+        std::fs::copy(
+            fixture("checkpoints/nanochat/model.safetensors"),
+            ck.join("model.safetensors"),
+        )
+        .unwrap();
+        common::mkfifo(&ck.join(name));
+        let out = dir.path().join("out");
+        refused(
+            dir.path(),
+            &[
+                os(Path::new("pack")),
+                os(&ck),
+                os(Path::new("--out")),
+                os(&out),
+            ],
+            &[name, "FIFO"],
+        );
+    }
+    // The allocation beside the weights.
+    let dir = tempfile::tempdir().unwrap();
+    let ck = dir.path().join("ck");
+    std::fs::create_dir(&ck).unwrap();
+    std::fs::copy(
+        fixture("checkpoints/paper/model.safetensors"),
+        ck.join("model.safetensors"),
+    )
+    .unwrap();
+    common::mkfifo(&ck.join("allocation.safetensors"));
+    let out = dir.path().join("out");
+    refused(
+        dir.path(),
+        &[
+            os(Path::new("pack")),
+            os(&ck),
+            os(Path::new("--out")),
+            os(&out),
+        ],
+        &["allocation.safetensors", "FIFO"],
+    );
+}
+
+/// Every tensor the pipeline decodes as floats is refused at detection when it is not one,
+/// naming the tensor and its dtype.
+#[test]
+fn tensors_decoded_as_floats_must_be_floats() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("m.safetensors");
+    let ints = |name: &str, dtype: Dtype, shape: &[usize]| {
+        let n: usize = shape.iter().product();
+        TensorBytes {
+            name: name.into(),
+            dtype,
+            shape: shape.to_vec(),
+            data: vec![1u8; n * dtype.bitsize() / 8].into(),
+        }
+    };
+    for (name, dtype) in [
+        ("l3_lambdas", Dtype::I32),
+        ("l3_layers.0.w_up.weight", Dtype::I64),
+        ("l3_layers.0.w_mix.weight", Dtype::U8),
+        ("l3_layers.0.kv_weight", Dtype::I16),
+    ] {
+        let mut t = nanochat_layer(0, &[0, 2, 3, 5], 5);
+        t.push(f32s("l3_lambdas", &[1]));
+        let i = t.iter().position(|x| x.name == name).unwrap();
+        let shape = t[i].shape.clone();
+        t[i] = ints(name, dtype, &shape);
+        write_ckpt(&p, t);
+        let out = dir.path().join("out");
+        refused(
+            dir.path(),
+            &[
+                os(Path::new("pack")),
+                os(&p),
+                os(Path::new("--out")),
+                os(&out),
+            ],
+            &[name, &format!("{dtype:?}"), "float"],
+        );
+    }
+    // Norm weights of a paper checkpoint.
+    let src = fixture("checkpoints/paper/model.safetensors");
+    let ck = Checkpoint::open(&src).unwrap();
+    let mut t: Vec<TensorBytes> = ck
+        .tensors()
+        .iter()
+        .map(|i| TensorBytes {
+            name: i.name.clone(),
+            dtype: i.dtype,
+            shape: i.shape.clone(),
+            data: ck.read_all(&i.name).unwrap().into(),
+        })
+        .collect();
+    let i = t
+        .iter()
+        .position(|x| x.name == "l3.1.norm_in.weight")
+        .unwrap();
+    t[i] = ints("l3.1.norm_in.weight", Dtype::U8, &[32]);
+    write_ckpt(&p, t);
+    let alloc = fixture("checkpoints/allocation-tiny.safetensors");
+    let out = dir.path().join("out");
+    refused(
+        dir.path(),
+        &[
+            os(Path::new("pack")),
+            os(&p),
+            os(Path::new("--allocation")),
+            os(&alloc),
+            os(Path::new("--out")),
+            os(&out),
+        ],
+        &["l3.1.norm_in.weight", "U8", "float"],
+    );
+}
+
+/// `--map` files are validated like any input; a valid one packs into a folder that passes
+/// `inspect --check`.
+#[test]
+fn map_files_are_validated() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let ck = root.join("m.safetensors");
+    let mut t = nanochat_layer(0, &[0, 2, 3, 5], 5);
+    t.extend(nanochat_layer(1, &[0, 2, 3, 5], 5));
+    t.push(f32s("l3_lambdas", &[2]));
+    write_ckpt(&ck, t);
+    let layer = |i: usize| {
+        format!(
+            "[[layers]]\nkeys = \"l3_layers.{i}.kv_weight\"\nbounds = \"l3_layers.{i}.bounds\"\n\
+             w_up = \"l3_layers.{i}.w_up.weight\"\nw_mix = \"l3_layers.{i}.w_mix.weight\"\n"
+        )
+    };
+    let head = "dialect = \"nanochat\"\nlambdas = \"l3_lambdas\"\n";
+    let good = format!("{head}{}{}", layer(0), layer(1));
+    let map = root.join("map.toml");
+    let out = root.join("out");
+    let args = [
+        os(Path::new("pack")),
+        os(&ck),
+        os(Path::new("--map")),
+        os(&map),
+        os(Path::new("--out")),
+        os(&out),
+    ];
+    std::fs::write(&map, &good).unwrap();
+    common::assert_ok(&common::run(args));
+    common::assert_ok(&common::run([
+        os(Path::new("inspect")),
+        os(Path::new("--check")),
+        os(&out),
+    ]));
+    let config = json_of(&out.join("config.json"));
+    assert_eq!(config["l3"]["dialect"], "map:nanochat");
+    std::fs::remove_dir_all(&out).unwrap();
+
+    let with = |extra: &str| format!("{head}{extra}\n{}{}", layer(0), layer(1));
+    let cases: Vec<(String, Vec<&str>)> = vec![
+        (
+            with("score_scale = nan"),
+            vec!["score_scale = NaN", "finite"],
+        ),
+        (
+            with("score_scale = inf"),
+            vec!["score_scale = inf", "finite"],
+        ),
+        (
+            with("score_scale = -0.5"),
+            vec!["score_scale", "greater than 0"],
+        ),
+        (with("norm_eps = 0.0"), vec!["norm_eps", "greater than 0"]),
+        (with("norm_eps = -inf"), vec!["norm_eps", "finite"]),
+        (
+            format!("{head}{}{}", layer(0), layer(0)),
+            vec!["two layers are named l3_layers.0"],
+        ),
+        (
+            format!(
+                "{head}{}name = \"a\"\nid = 3\n{}name = \"b\"\nid = 3\n",
+                layer(0),
+                layer(1)
+            ),
+            vec!["both have id 3"],
+        ),
+        (
+            format!(
+                "{head}{}{}",
+                layer(0),
+                layer(1).replace("l3_layers.1.w_up.weight", "l3_layers.0.w_up.weight")
+            ),
+            vec!["l3_layers.0.w_up.weight", "used twice"],
+        ),
+        (
+            format!(
+                "{head}{}{}",
+                layer(0),
+                layer(1).replace("l3_layers.1.w_mix.weight", "l3_layers.0.kv_weight")
+            ),
+            vec!["l3_layers.0.kv_weight", "used twice"],
+        ),
+        (
+            format!("{head}{}", layer(0)),
+            vec!["l3_lambdas", "one lambda per L3 layer"],
+        ),
+        (
+            format!("dialect = \"nanochat\"\n{}{}", layer(0), layer(1)),
+            vec!["add_lambda needs lambdas", "residual = \"add\""],
+        ),
+        (
+            with("residual = \"replace\""),
+            vec!["lambdas", "uses no lambdas"],
+        ),
+        (
+            format!(
+                "{head}{}values = \"l3_layers.0.w_up.weight\"\n{}",
+                layer(0),
+                layer(1)
+            ),
+            vec!["names values", "tied"],
+        ),
+        (
+            format!(
+                "{head}{}norm_in = \"l3_layers.0.w_up.weight\"\n{}",
+                layer(0),
+                layer(1)
+            ),
+            vec!["norm weights", "norm_weights is false"],
+        ),
+        (
+            format!("{head}{}{}", layer(0), layer(1).replace("kv_weight", "kv")),
+            vec!["missing tensor l3_layers.1.kv"],
+        ),
+        (
+            with("residual = \"sideways\""),
+            vec!["sideways", "replace, add_lambda or add"],
+        ),
+        (format!("{good}\nbogus = 1\n"), vec!["not a valid map file"]),
+        (
+            format!("{good}\n{}", "# padding\n".repeat(120_000)),
+            vec!["1048576-byte limit"],
+        ),
+    ];
+    for (text, mut needles) in cases {
+        std::fs::write(&map, &text).unwrap();
+        needles.push("map.toml");
+        refused(root, &args, &needles);
+    }
+    // A FIFO as the map.
+    std::fs::remove_file(&map).unwrap();
+    common::mkfifo(&map);
+    refused(root, &args, &["map.toml", "FIFO"]);
+    std::fs::remove_file(&map).unwrap();
+
+    // residual = "add" without lambdas packs as the add residual.
+    std::fs::write(
+        &map,
+        format!(
+            "dialect = \"nanochat\"\nresidual = \"add\"\n{}{}",
+            layer(0),
+            layer(1)
+        ),
+    )
+    .unwrap();
+    common::assert_ok(&common::run(args));
+    let config = json_of(&out.join("config.json"));
+    assert_eq!(config["l3"]["semantics"]["residual"], "add");
+    assert!(config["l3"]["layers"][0]["lambda"].is_null());
+}
+
+#[test]
+fn nanochat_without_lambdas_packs_with_the_add_residual() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("m.safetensors");
+    write_ckpt(&p, nanochat_layer(0, &[0, 2, 3, 5], 5));
+    let out = dir.path().join("packed");
+    let s = pack(&PackOptions::new(p, out.clone()), &Ui::quiet()).unwrap();
+    assert_eq!(s.residual, "add");
+    let model = PackedModel::open(&out).unwrap();
+    assert_eq!(
+        model.config.semantics.residual,
+        l3kit::formats::semantics::Residual::Add
+    );
+    assert!(model.config.layers[0].lambda.is_none());
+    assert!(check_packed(&out, &Ui::quiet()).ok());
 }

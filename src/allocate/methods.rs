@@ -29,18 +29,44 @@ pub fn check_budget(vocab: u64, n_emb: u64, k_max: u32) -> Result<()> {
     if k_max == 0 {
         return Err(Error::input("--k-max must be at least 1"));
     }
+    if vocab == 0 {
+        return Err(Error::input("the vocabulary is empty"));
+    }
     if n_emb < vocab {
         return Err(Error::input(format!(
             "n_emb {n_emb} is below the vocabulary size {vocab}: every token needs at least one row"
         )));
     }
-    let most = vocab * k_max as u64;
-    if n_emb > most {
-        return Err(Error::input(format!(
+    match vocab.checked_mul(u64::from(k_max)) {
+        Some(most) if n_emb > most => Err(Error::input(format!(
             "n_emb {n_emb} exceeds vocab x k_max = {vocab} x {k_max} = {most}; raise --k-max or lower the budget"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// n_emb = round(`ratio` x vocab) for a rows-per-token flag (`flag` names it in messages),
+/// refused unless [`check_budget`] accepts it. The ratio is checked before it is converted,
+/// so `inf`, `nan` or `1e30` never become a saturated integer.
+pub fn n_emb_for_ratio(ratio: f64, vocab: u64, k_max: u32, flag: &str) -> Result<u64> {
+    if k_max == 0 {
+        return Err(Error::input("--k-max must be at least 1"));
+    }
+    if !ratio.is_finite() || ratio <= 0.0 {
+        return Err(Error::input(format!(
+            "{flag} {ratio} must be a positive number"
         )));
     }
-    Ok(())
+    if ratio > f64::from(k_max) + 0.5 {
+        return Err(Error::input(format!(
+            "{flag} {ratio} exceeds --k-max {k_max}: no token may own more than k_max rows"
+        )));
+    }
+    // Below (k_max + 1) x vocab < 2^57, so the float is an exact integer after rounding.
+    let n = (ratio * vocab as f64).round() as u64;
+    check_budget(vocab, n, k_max)
+        .map_err(|e| Error::input(format!("{flag} {ratio} (n_emb {n}): {e}")))?;
+    Ok(n)
 }
 
 /// The result of the LZW walk: rows per token and rows still unplaced when the list ran out.
@@ -146,21 +172,44 @@ pub fn proportional_fill(rows: &mut [u32], weights: &[u64], extra: u64, k_max: u
 }
 
 /// One row to each token below the cap in id order, round after round.
-pub fn round_robin(rows: &mut [u32], mut extra: u64, k_max: u32) {
-    while extra > 0 {
-        let mut progressed = false;
-        for r in rows.iter_mut() {
-            if extra == 0 {
-                break;
-            }
-            if *r < k_max {
-                *r += 1;
-                extra -= 1;
-                progressed = true;
+///
+/// After m full rounds token t holds min(rows_t + m, k_max), so the number of full rounds is
+/// found by bisection and the last, partial round placed in id order: the same rows as the
+/// round-by-round loop, in time independent of `extra` (which may be billions).
+pub fn round_robin(rows: &mut [u32], extra: u64, k_max: u32) {
+    let placed = |rows: &[u32], m: u64| -> u128 {
+        rows.iter()
+            .map(|&r| u128::from(m.min(u64::from(k_max.saturating_sub(r)))))
+            .sum()
+    };
+    let extra128 = u128::from(extra);
+    let (mut lo, mut hi) = (0u64, u64::from(k_max));
+    if placed(rows, hi) <= extra128 {
+        // Every token reaches the cap; the budget check keeps anything from being left over.
+        lo = hi;
+    } else {
+        // placed(lo) <= extra < placed(hi)
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if placed(rows, mid) <= extra128 {
+                lo = mid;
+            } else {
+                hi = mid;
             }
         }
-        if !progressed {
-            break; // every token at the cap; the budget check rules this out
+    }
+    let mut left = extra128 - placed(rows, lo).min(extra128);
+    for r in rows.iter_mut() {
+        let room = k_max.saturating_sub(*r);
+        *r += lo.min(u64::from(room)) as u32;
+    }
+    for r in rows.iter_mut() {
+        if left == 0 {
+            break;
+        }
+        if *r < k_max {
+            *r += 1;
+            left -= 1;
         }
     }
 }
@@ -239,6 +288,83 @@ mod tests {
         assert!(rows[1] >= rows[2] && rows[2] >= rows[3]);
         // All weight zero: falls back to round-robin.
         assert_eq!(frequency(&[0, 0, 0], 5, 4), vec![2, 2, 1]);
+    }
+
+    /// The round-by-round loop `round_robin` replaces.
+    fn round_robin_loop(rows: &mut [u32], mut extra: u64, k_max: u32) {
+        while extra > 0 {
+            let mut progressed = false;
+            for r in rows.iter_mut() {
+                if extra == 0 {
+                    break;
+                }
+                if *r < k_max {
+                    *r += 1;
+                    extra -= 1;
+                    progressed = true;
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+    }
+
+    #[test]
+    fn round_robin_matches_the_loop() {
+        let mut seed = 7u64;
+        let mut next = |m: u64| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) % m
+        };
+        for _ in 0..2000 {
+            let k_max = 1 + next(9) as u32;
+            let rows: Vec<u32> = (0..1 + next(7))
+                .map(|_| 1 + next(k_max as u64) as u32)
+                .collect();
+            let extra = next(60);
+            let (mut a, mut b) = (rows.clone(), rows.clone());
+            round_robin(&mut a, extra, k_max);
+            round_robin_loop(&mut b, extra, k_max);
+            assert_eq!(a, b, "rows {rows:?} extra {extra} k_max {k_max}");
+        }
+    }
+
+    #[test]
+    fn round_robin_is_fast_for_huge_budgets() {
+        // 10^12 rows over 50,000 tokens: the loop would take 10^12 steps.
+        let mut rows = vec![1u32; 50_000];
+        round_robin(&mut rows, 1_000_000_000_000, u32::MAX);
+        let total: u64 = rows.iter().map(|&r| u64::from(r)).sum();
+        assert_eq!(total, 50_000 + 1_000_000_000_000);
+        assert_eq!(rows[0], 20_000_001);
+        assert_eq!(rows[49_999], 20_000_001);
+    }
+
+    #[test]
+    fn ratios_are_checked_before_conversion() {
+        for r in [f64::NAN, f64::INFINITY, -1.0, 0.0] {
+            let e = n_emb_for_ratio(r, 100, 512, "--rows-per-token")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("--rows-per-token") && e.contains("positive"),
+                "{e}"
+            );
+        }
+        let e = n_emb_for_ratio(1e30, 100, 512, "--rows-per-token")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("exceeds --k-max 512"), "{e}");
+        let e = n_emb_for_ratio(0.5, 100, 512, "--rows-per-token")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("n_emb 50") && e.contains("below"), "{e}");
+        assert_eq!(n_emb_for_ratio(3.9, 100, 512, "--x").unwrap(), 390);
+        assert!(check_budget(u64::MAX, u64::MAX, u32::MAX).is_ok());
+        assert!(check_budget(0, 1, 1).is_err());
     }
 
     #[test]

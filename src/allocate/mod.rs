@@ -13,8 +13,8 @@ pub mod plan;
 pub mod report;
 
 pub use methods::{
-    check_budget, frequency, lzw_walk, proportional_fill, round_robin, uniform, walk_order,
-    FillPolicy, Walk,
+    check_budget, frequency, lzw_walk, n_emb_for_ratio, proportional_fill, round_robin, uniform,
+    walk_order, FillPolicy, Walk,
 };
 pub use report::{report, AllocationReport, LayerShape, MemoryReport, TopToken};
 

@@ -4,6 +4,7 @@
 pub use crate::formats::allocation::Bucket;
 use crate::formats::allocation::{expected_rows, histogram, Allocation};
 use crate::formats::dtype::TableDtype;
+use crate::util::error::{Error, Result};
 use serde::Serialize;
 
 /// Layer shape for the memory part of the report.
@@ -13,6 +14,39 @@ pub struct LayerShape {
     pub d_emb: u64,
     pub tied: bool,
     pub dtype: TableDtype,
+}
+
+impl LayerShape {
+    /// Bytes of one table row, refused (naming the flags) when a width is 0 or the row's size
+    /// does not fit 64 bits.
+    pub fn row_bytes(&self) -> Result<u64> {
+        if self.d_in == 0 || self.d_emb == 0 {
+            return Err(Error::input(format!(
+                "--d-in {} --d-emb {}: a layer's widths must be at least 1",
+                self.d_in, self.d_emb
+            )));
+        }
+        self.dtype
+            .checked_row_bytes(self.d_in, self.d_emb, self.tied)
+            .ok_or_else(|| {
+                Error::input(format!(
+                    "--d-in {} --d-emb {}: one table row would take more than 2^64 bytes",
+                    self.d_in, self.d_emb
+                ))
+            })
+    }
+
+    /// Bytes of one L3 table of `n_emb` rows, refused when it does not fit 64 bits.
+    pub fn layer_bytes(&self, n_emb: u64) -> Result<u64> {
+        let row = self.row_bytes()?;
+        row.checked_mul(n_emb).ok_or_else(|| {
+            Error::input(format!(
+                "--d-in {} --d-emb {}: a layer of {n_emb} rows of {row} bytes would take more \
+                 than 2^64 bytes",
+                self.d_in, self.d_emb
+            ))
+        })
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -53,31 +87,37 @@ pub struct AllocationReport {
     pub top_tokens: Vec<TopToken>,
 }
 
+/// The report of an allocation. Refused only when the layer shape's sizes overflow 64 bits
+/// (see [`LayerShape::layer_bytes`]), so every figure is exact.
 pub fn report(
     alloc: &Allocation,
     unigram: Option<&[u64]>,
     shape: Option<LayerShape>,
     tokenizer: Option<&tokenizers::Tokenizer>,
-) -> AllocationReport {
+) -> Result<AllocationReport> {
     let rows = alloc.rows_vec();
     let k_max = alloc.meta.k_max;
     let max_rows = rows.iter().copied().max().unwrap_or(0);
     let expected = unigram.and_then(|u| expected_rows(&rows, u));
-    let memory = shape.map(|s| {
-        let per_row = s.dtype.row_bytes(s.d_in, s.d_emb, s.tied);
-        MemoryReport {
-            d_in: s.d_in,
-            d_emb: s.d_emb,
-            tied: s.tied,
-            dtype: s.dtype,
-            bytes_per_row: per_row,
-            bytes_per_layer: per_row * alloc.n_emb(),
-            worst_case_bytes_per_token: per_row * max_rows as u64,
-            expected_bytes_per_token: expected.map(|e| e * per_row as f64),
+    let memory = match shape {
+        None => None,
+        Some(s) => {
+            let per_row = s.row_bytes()?;
+            Some(MemoryReport {
+                d_in: s.d_in,
+                d_emb: s.d_emb,
+                tied: s.tied,
+                dtype: s.dtype,
+                bytes_per_row: per_row,
+                bytes_per_layer: s.layer_bytes(alloc.n_emb())?,
+                // A block is at most n_emb rows, so this fits when the layer does.
+                worst_case_bytes_per_token: per_row * u64::from(max_rows),
+                expected_bytes_per_token: expected.map(|e| e * per_row as f64),
+            })
         }
-    });
+    };
     let mut top: Vec<usize> = (0..rows.len()).collect();
-    let count = |t: usize| unigram.map(|u| u[t]).unwrap_or(0);
+    let count = |t: usize| unigram.and_then(|u| u.get(t).copied()).unwrap_or(0);
     top.sort_by(|&a, &b| {
         rows[b]
             .cmp(&rows[a])
@@ -94,7 +134,7 @@ pub fn report(
             count: count(t),
         })
         .collect();
-    AllocationReport {
+    Ok(AllocationReport {
         method: alloc.meta.method.clone(),
         vocab_size: alloc.vocab() as u64,
         n_emb: alloc.n_emb(),
@@ -108,5 +148,5 @@ pub fn report(
         fill_rows: alloc.meta.fill_rows,
         memory,
         top_tokens,
-    }
+    })
 }

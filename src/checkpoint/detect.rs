@@ -9,8 +9,13 @@ use crate::formats::allocation::{check_bounds, read_bounds, Allocation};
 use crate::util::error::{Error, Result};
 use std::path::{Path, PathBuf};
 
+/// The allocation file a checkpoint folder may keep beside its weights (as the paper keeps
+/// the allocation outside the module).
+pub const ALLOCATION_BESIDE: &str = "allocation.safetensors";
+
 /// Detect a source checkpoint's L3 layers (by dialect, or through a `--map` file) and read the
-/// allocation file when one is given.
+/// allocation: the file given, or, when some layer has no bounds of its own and none is given,
+/// the checkpoint folder's `allocation.safetensors`.
 pub fn detect_source(
     ckpt: &Checkpoint,
     dialect: Option<Dialect>,
@@ -22,8 +27,20 @@ pub fn detect_source(
         None => None,
     };
     let detected = dialect::detect(ckpt, dialect, map.as_ref().map(|(p, m)| (p.as_path(), m)))?;
-    let allocation = match allocation {
-        Some(p) => Some((p.to_path_buf(), Allocation::read(p)?)),
+    let path = match allocation {
+        Some(p) => Some(p.to_path_buf()),
+        None if detected.layers.iter().any(|l| l.bounds.is_none()) => {
+            ckpt.companion(ALLOCATION_BESIDE)?
+        }
+        None => None,
+    };
+    let allocation = match path {
+        Some(p) => {
+            // Refuse a FIFO or device before the reader maps it.
+            crate::util::fs::open_regular(&p)?;
+            let a = Allocation::read(&p)?;
+            Some((p, a))
+        }
         None => None,
     };
     Ok((detected, allocation))

@@ -2,20 +2,25 @@
 //!
 //! The two dialects of the method notes are recognised from tensor names under any prefix:
 //! `paper` modules own `w_k.weight` and `w_v.weight`, `nanochat` modules own a tied
-//! `kv_weight` (with a `bounds` buffer, and one `l3_lambdas` vector beside the `l3_layers`).
-//! Checkpoints with other names are described by a `--map` TOML file.
+//! `kv_weight` (with a `bounds` buffer, and one `l3_lambdas` vector beside the `l3_layers`;
+//! a nanochat model trained with `--l3-no-lambda` has none and adds its output unscaled).
+//! Checkpoints with other names are described by a `--map` TOML file, validated like any
+//! input. Every tensor the later stages decode as floats is checked to be a float here, so a
+//! wrong dtype is refused up front with the tensor's name.
 
 use super::map::MapFile;
 use crate::checkpoint::{Checkpoint, TensorInfo};
 use crate::formats::semantics::{Residual, Semantics};
 use crate::util::error::{Error, Result};
+use crate::util::fs::{limits, read_small};
 use std::path::Path;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Dialect {
     /// Separate `w_k` / `w_v`, RMSNorms with weights (eps 1e-6), output replaces the hidden state.
     Paper,
-    /// Tied `kv_weight`, weightless RMSNorm (eps = f32 epsilon), output added as lambda x delta.
+    /// Tied `kv_weight`, weightless RMSNorm (eps = f32 epsilon), output added as lambda x delta
+    /// (or as delta when the checkpoint has no `l3_lambdas`).
     Nanochat,
 }
 
@@ -163,6 +168,7 @@ pub fn detect(
     }
     // Decoder order: by layer id, then name.
     layers.sort_by(|a, b| a.layer_id.cmp(&b.layer_id).then(a.name.cmp(&b.name)));
+    let mut semantics = chosen.semantics();
     let lambdas = match chosen {
         Dialect::Nanochat => {
             // `l3_lambdas` sits beside the `l3_layers` container.
@@ -171,12 +177,18 @@ pub fn detect(
                 .rfind("l3_layers.")
                 .map(|i| &layers[0].name[..i])
                 .unwrap_or("");
-            ckpt.get(&format!("{outer}l3_lambdas"))
-                .map(|t| t.name.clone())
+            let want = format!("{outer}l3_lambdas");
+            match ckpt.get(&want) {
+                Some(t) => Some(t.name.clone()),
+                None => {
+                    no_lambdas(ckpt, &want)?;
+                    semantics.residual = Residual::Add;
+                    None
+                }
+            }
         }
         Dialect::Paper => None,
     };
-    let semantics = chosen.semantics();
     let layers = resolve(ckpt, layers, lambdas.as_deref(), &semantics)?;
     Ok(Detected {
         dialect: chosen.name().to_string(),
@@ -185,16 +197,49 @@ pub fn detect(
     })
 }
 
+/// A nanochat checkpoint without `want` (its lambdas) was trained with `--l3-no-lambda`,
+/// unless something says otherwise: a lambdas tensor under another prefix, or the run's
+/// `meta_*.json` recording `l3_lambda: true`. Then the model would be misdescribed.
+fn no_lambdas(ckpt: &Checkpoint, want: &str) -> Result<()> {
+    if let Some(other) = ckpt.names().find(|n| n.ends_with("l3_lambdas")) {
+        return Err(Error::in_file(
+            ckpt.path(),
+            format!(
+                "the L3 lambdas are expected at {want}, but the checkpoint holds {other}; \
+                 describe the layers with --map FILE"
+            ),
+        ));
+    }
+    for name in ckpt.folder_names()? {
+        if !(name.starts_with("meta_") && name.ends_with(".json")) {
+            continue;
+        }
+        let Some(path) = ckpt.companion(&name)? else {
+            continue;
+        };
+        let text = read_small(&path, limits::CONFIG, "a training metadata file")?;
+        let meta: serde_json::Value = serde_json::from_slice(&text)
+            .map_err(|e| Error::in_file(&path, format!("is not JSON: {e}")))?;
+        if meta["model_config"]["l3_lambda"] == serde_json::Value::Bool(true) {
+            return Err(Error::in_file(
+                ckpt.path(),
+                format!(
+                    "{} says the model was trained with L3 lambdas (model_config.l3_lambda is \
+                     true), but the checkpoint has no {want}",
+                    path.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn from_map(ckpt: &Checkpoint, path: &Path, map: &MapFile) -> Result<Detected> {
+    let bad = |msg: String| Error::in_file(path, msg);
     let base = match map.dialect.as_deref() {
         None | Some("paper") => Dialect::Paper,
         Some("nanochat") => Dialect::Nanochat,
-        Some(other) => {
-            return Err(Error::in_file(
-                path,
-                format!("dialect {other:?} is not paper or nanochat"),
-            ))
-        }
+        Some(other) => return Err(bad(format!("dialect {other:?} is not paper or nanochat"))),
     };
     let mut semantics = base.semantics();
     if let Some(v) = map.tied {
@@ -212,49 +257,125 @@ fn from_map(ckpt: &Checkpoint, path: &Path, map: &MapFile) -> Result<Detected> {
     if let Some(v) = map.key_norm {
         semantics.key_norm = v;
     }
+    for (key, v) in [
+        ("norm_eps", semantics.norm_eps),
+        ("score_scale", semantics.score_scale),
+    ] {
+        if !(v.is_finite() && v > 0.0) {
+            return Err(bad(format!(
+                "{key} = {v} must be a finite number greater than 0"
+            )));
+        }
+    }
     if let Some(r) = map.residual.as_deref() {
         semantics.residual = match r {
             "replace" => Residual::Replace,
             "add_lambda" => Residual::AddLambda,
+            "add" => Residual::Add,
             other => {
-                return Err(Error::in_file(
-                    path,
-                    format!("residual {other:?} is not replace or add_lambda"),
-                ))
+                return Err(bad(format!(
+                    "residual {other:?} is not replace, add_lambda or add"
+                )))
             }
         };
     }
-    if map.layers.is_empty() {
-        return Err(Error::in_file(path, "the map names no layers"));
+    match (semantics.residual, &map.lambdas) {
+        (Residual::AddLambda, None) => {
+            return Err(bad(
+                "residual add_lambda needs lambdas = \"TENSOR\" (one value per layer); a model \
+                 trained without lambdas has residual = \"add\""
+                    .into(),
+            ))
+        }
+        (Residual::Replace | Residual::Add, Some(l)) => {
+            return Err(bad(format!(
+                "lambdas = {l:?} is given, but residual {} uses no lambdas",
+                semantics.residual.name()
+            )))
+        }
+        _ => {}
     }
-    let layers = map
-        .layers
-        .iter()
-        .map(|l| {
-            let name = l.name.clone().unwrap_or_else(|| {
-                l.keys
-                    .rsplit_once('.')
-                    .map(|(p, _)| p.to_string())
-                    .unwrap_or_else(|| l.keys.clone())
-            });
-            LayerNames {
-                layer_id: l.id.or_else(|| last_integer(&name)),
-                name,
-                keys: l.keys.clone(),
-                values: if semantics.tied {
-                    None
-                } else {
-                    l.values.clone()
-                },
-                bounds: l.bounds.clone(),
-                w_up: l.w_up.clone(),
-                w_mix: l.w_mix.clone(),
-                norm_in: l.norm_in.clone(),
-                norm_out: l.norm_out.clone(),
+    if map.layers.is_empty() {
+        return Err(bad("the map names no layers".into()));
+    }
+    let mut names = std::collections::BTreeSet::new();
+    let mut ids = std::collections::BTreeMap::new();
+    let mut layers = Vec::with_capacity(map.layers.len());
+    for (i, l) in map.layers.iter().enumerate() {
+        let name = l.name.clone().unwrap_or_else(|| {
+            l.keys
+                .rsplit_once('.')
+                .map(|(p, _)| p.to_string())
+                .unwrap_or_else(|| l.keys.clone())
+        });
+        let which = format!("layer {} ({name})", i + 1);
+        if name.is_empty() {
+            return Err(bad(format!("layer {} has an empty name", i + 1)));
+        }
+        if !names.insert(name.clone()) {
+            return Err(bad(format!(
+                "two layers are named {name}; layer names must be unique"
+            )));
+        }
+        let layer_id = l.id.or_else(|| last_integer(&name));
+        if let Some(id) = l.id {
+            if let Some(other) = ids.insert(id, name.clone()) {
+                return Err(bad(format!(
+                    "layers {other} and {name} both have id {id}; ids must be unique"
+                )));
             }
-        })
-        .collect();
-    let layers = resolve(ckpt, layers, map.lambdas.as_deref(), &semantics)?;
+        }
+        if semantics.tied && l.values.is_some() {
+            return Err(bad(format!(
+                "{which} names values, but the layers are tied (K = V); drop values or set \
+                 tied = false"
+            )));
+        }
+        if !semantics.norm_weights && (l.norm_in.is_some() || l.norm_out.is_some()) {
+            return Err(bad(format!(
+                "{which} names norm weights, but norm_weights is false; drop them or set \
+                 norm_weights = true"
+            )));
+        }
+        layers.push(LayerNames {
+            layer_id,
+            name,
+            keys: l.keys.clone(),
+            values: l.values.clone(),
+            bounds: l.bounds.clone(),
+            w_up: l.w_up.clone(),
+            w_mix: l.w_mix.clone(),
+            norm_in: l.norm_in.clone(),
+            norm_out: l.norm_out.clone(),
+        });
+    }
+    // Each tensor has one role in one layer (a shared bounds tensor, one allocation for
+    // every layer, is the exception).
+    let mut owner: std::collections::BTreeMap<&str, String> = std::collections::BTreeMap::new();
+    if let Some(l) = &map.lambdas {
+        owner.insert(l, "the lambdas".into());
+    }
+    for l in &layers {
+        let roles = [
+            ("keys", Some(&l.keys)),
+            ("values", l.values.as_ref()),
+            ("w_up", Some(&l.w_up)),
+            ("w_mix", Some(&l.w_mix)),
+            ("norm_in", l.norm_in.as_ref()),
+            ("norm_out", l.norm_out.as_ref()),
+        ];
+        for (role, t) in roles {
+            let Some(t) = t else { continue };
+            let this = format!("{role} of layer {}", l.name);
+            if let Some(prev) = owner.insert(t, this.clone()) {
+                return Err(bad(format!(
+                    "tensor {t} is used twice: as {prev} and as {this}"
+                )));
+            }
+        }
+    }
+    let layers = resolve(ckpt, layers, map.lambdas.as_deref(), &semantics)
+        .map_err(|e| bad(format!("does not match the checkpoint: {e}")))?;
     Ok(Detected {
         dialect: format!("map:{}", base.name()),
         semantics,
@@ -293,12 +414,14 @@ fn resolve(
             format!("tensor {} has shape {:?}, expected {want}", t.name, t.shape),
         )
     };
-    let float = |t: &TensorInfo| -> Result<()> {
+    // Everything pack, verify and the forward pass decode as floats.
+    let float = |t: &TensorInfo, role: &str| -> Result<()> {
         if crate::formats::dtype::float_size(t.dtype).is_none() {
             return Err(Error::in_file(
                 path,
                 format!(
-                    "tensor {} has dtype {:?}; L3 tables must be floats",
+                    "tensor {} ({role}) has dtype {:?}; it must be a float tensor (F32, BF16, \
+                     F16 or F64)",
                     t.name, t.dtype
                 ),
             ));
@@ -316,6 +439,7 @@ fn resolve(
         ));
     }
     if let Some(t) = lambda_tensor {
+        float(t, "the L3 lambdas")?;
         if t.shape.len() != 1 || t.shape[0] != layers.len() {
             return Err(shape_err(
                 t,
@@ -326,16 +450,19 @@ fn resolve(
     let mut out = Vec::new();
     for (index, l) in layers.into_iter().enumerate() {
         let keys = get(&l.keys, &l.name)?;
-        float(keys)?;
-        if keys.shape.len() != 2 {
-            return Err(shape_err(keys, "[n_emb, d_in]".into()));
+        float(keys, "an L3 table")?;
+        if keys.shape.len() != 2 || keys.shape.contains(&0) {
+            return Err(shape_err(keys, "[n_emb, d_in], both at least 1".into()));
         }
         let (n_emb, d_in) = (keys.shape[0] as u64, keys.shape[1] as u64);
         let d_emb = match &l.values {
             Some(v) => {
                 let values = get(v, &l.name)?;
-                float(values)?;
-                if values.shape.len() != 2 || values.shape[0] as u64 != n_emb {
+                float(values, "an L3 table")?;
+                if values.shape.len() != 2
+                    || values.shape[0] as u64 != n_emb
+                    || values.shape[1] == 0
+                {
                     return Err(shape_err(
                         values,
                         format!("[{n_emb}, d_emb] (as many rows as {})", keys.name),
@@ -363,11 +490,13 @@ fn resolve(
             }
         };
         let w_up = get(&l.w_up, &l.name)?;
-        if w_up.shape.len() != 2 || w_up.shape[1] as u64 != d_emb {
-            return Err(shape_err(w_up, format!("[d_up, {d_emb}]")));
+        float(w_up, "W_up")?;
+        if w_up.shape.len() != 2 || w_up.shape[1] as u64 != d_emb || w_up.shape[0] == 0 {
+            return Err(shape_err(w_up, format!("[d_up, {d_emb}], d_up at least 1")));
         }
         let d_up = w_up.shape[0] as u64;
         let w_mix = get(&l.w_mix, &l.name)?;
+        float(w_mix, "W_mix")?;
         if w_mix.shape != [d_in as usize, (d_up + d_in) as usize] {
             return Err(shape_err(
                 w_mix,
@@ -378,6 +507,7 @@ fn resolve(
             match name {
                 Some(n) if semantics.norm_weights => {
                     let t = get(n, &l.name)?;
+                    float(t, "an RMSNorm weight")?;
                     if t.shape != [width as usize] {
                         return Err(shape_err(t, format!("[{width}]")));
                     }
@@ -401,7 +531,7 @@ fn resolve(
                 return Err(Error::in_file(
                     path,
                     format!(
-                        "bounds tensor {} has dtype {:?}, expected I64",
+                        "bounds tensor {} has dtype {:?}, expected I64 (or I32)",
                         t.name, t.dtype
                     ),
                 ));

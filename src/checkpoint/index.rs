@@ -3,7 +3,8 @@
 
 use super::Checkpoint;
 use crate::formats::safetensors::safe_relative;
-use crate::util::error::{Error, IoContext, Result};
+use crate::util::error::{Error, Result};
+use crate::util::fs::{limits, read_small};
 use crate::util::json::json_kind;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -12,7 +13,7 @@ impl Checkpoint {
     /// Open an index (`*.index.json` with a `weight_map`) and its shards, checking that the
     /// map and the shards' contents agree exactly.
     pub(super) fn open_index(&mut self, index: &Path, folder: &Path) -> Result<()> {
-        let text = std::fs::read(index).with_path(index)?;
+        let text = read_small(index, limits::INDEX, "an index file")?;
         let value: serde_json::Value = serde_json::from_slice(&text)
             .map_err(|e| Error::in_file(index, format!("the index is not JSON: {e}")))?;
         let obj = value.as_object().ok_or_else(|| {
@@ -54,7 +55,7 @@ impl Checkpoint {
         shards.dedup();
         for rel in &shards {
             let full = folder.join(rel);
-            if !full.is_file() {
+            if std::fs::symlink_metadata(&full).is_err() {
                 let tensor = weight_map
                     .iter()
                     .find(|(_, r)| *r == rel)
@@ -76,7 +77,7 @@ impl Checkpoint {
         let mut owner: HashMap<String, usize> = HashMap::new();
         let mut shard_tensors: Vec<Vec<String>> = Vec::with_capacity(shards.len());
         for (si, rel) in shards.iter().enumerate() {
-            let full = folder.join(rel);
+            let full = self.folder_path(rel)?;
             let tensors = self.open_data_file(&full)?;
             let mut names = Vec::with_capacity(tensors.len());
             for (name, entry) in tensors {

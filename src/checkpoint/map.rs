@@ -1,7 +1,9 @@
 //! `--map` files: TOML naming each L3 layer's tensors and the semantics, for checkpoints whose
-//! names neither dialect recognises (format in `docs/format.md`).
+//! names neither dialect recognises (format in `docs/format.md`). Only the syntax is checked
+//! here; `dialect::detect` validates the values and checks the map against the checkpoint.
 
 use crate::util::error::{Error, Result};
+use crate::util::fs::{limits, read_small_text};
 use serde::Deserialize;
 use std::path::Path;
 
@@ -16,7 +18,7 @@ pub struct MapFile {
     pub norm_eps: Option<f64>,
     pub score_scale: Option<f64>,
     pub key_norm: Option<bool>,
-    /// `replace` or `add_lambda`.
+    /// `replace`, `add_lambda` or `add`.
     pub residual: Option<String>,
     /// A 1-D tensor with one lambda per layer, in the order of `layers`.
     pub lambdas: Option<String>,
@@ -40,7 +42,7 @@ pub struct MapLayer {
 
 impl MapFile {
     pub fn read(path: &Path) -> Result<MapFile> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = read_small_text(path, limits::MAP, "a map file")?;
         toml::from_str(&text)
             .map_err(|e| Error::in_file(path, format!("not a valid map file: {e}")))
     }

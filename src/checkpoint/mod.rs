@@ -12,12 +12,15 @@
 //! 10 GB checkpoint streams through it, and touched mmap pages would count toward the process's
 //! resident memory. A range read is one `pread`.
 //!
-//! PyTorch files are read with candle's pickle reader, which interprets the pickle without
-//! running any code. A tensor is loaded whole on first access and the most recently loaded one
-//! is cached, so repeated range reads of one tensor load it once. Calls into the pickle reader
-//! are guarded with `catch_unwind`, so a malformed file gives an error, not a panic.
-//! Limitation (candle's): tensors whose storage type the reader does not know (int32, int16,
-//! bool, ...) are skipped with a message on stderr rather than listed.
+//! PyTorch files are read by l3kit's own zip and pickle readers ([`pytorch`]), which run no
+//! code and validate every tensor record before listing it: a tensor is read exactly or the
+//! file is refused with an error naming it.
+//!
+//! Files found inside a checkpoint folder (shards, the index, the companion files `pack`
+//! copies) are read only when they really are inside it: a symbolic link is followed when its
+//! target stays inside the folder, or, for a Hugging Face cache snapshot
+//! (`.../models--ORG--NAME/snapshots/REV/`), inside that model's `blobs/` folder. Any other
+//! link is an error naming it, so a planted `tokenizer.json -> /etc/passwd` is never read.
 
 use crate::formats::safetensors::{check_range, OpenSafetensors};
 pub use crate::formats::safetensors::{checked_byte_len, parse_dtype, TensorInfo, TensorReader};
@@ -28,18 +31,21 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+mod archive;
 pub mod detect;
 pub mod dialect;
 mod index;
 pub mod map;
+mod pickle;
 mod pytorch;
 
 pub use detect::{detect_source, resolve_bounds};
 pub use dialect::{Detected, Dialect, LayerTensors};
 pub use map::MapFile;
 
+pub use pickle::MAX_DEPTH as MAX_PICKLE_DEPTH;
 use pytorch::PtFile;
-pub use pytorch::{dtype_from_candle, PT_NESTED_KEYS};
+pub use pytorch::{MAX_PICKLE_BYTES, PT_NESTED_KEYS};
 
 /// What kind of files a checkpoint is made of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,13 +59,9 @@ pub enum Format {
 #[derive(Debug, Clone, Copy)]
 enum Loc {
     /// Shard index and absolute file offset of the tensor's first byte.
-    St {
-        file: usize,
-        offset: u64,
-    },
-    Pt {
-        file: usize,
-    },
+    St { file: usize, offset: u64 },
+    /// PyTorch file index and the tensor's layout in it.
+    Pt { file: usize, layout: usize },
 }
 
 struct Entry {
@@ -70,13 +72,13 @@ struct Entry {
 /// A checkpoint opened for reading; see the module documentation.
 pub struct Checkpoint {
     path: PathBuf,
-    folder: Option<PathBuf>,
+    folder: Option<Folder>,
     files: Vec<PathBuf>,
     st: Vec<OpenSafetensors>,
     pt: Vec<PtFile>,
     entries: BTreeMap<String, Entry>,
     index_metadata: BTreeMap<String, serde_json::Value>,
-    /// The most recently loaded PyTorch tensor.
+    /// The most recently gathered strided PyTorch tensor.
     cache: Mutex<Option<(String, Arc<Vec<u8>>)>>,
 }
 
@@ -113,8 +115,10 @@ enum Sniff {
     Unknown,
 }
 
-fn sniff(path: &Path) -> Result<Sniff> {
-    let file = File::open(path).with_path(path)?;
+/// Open a data file (never blocking on a FIFO, refusing anything but a regular file) and say
+/// what its first bytes make it.
+fn sniff(path: &Path) -> Result<(Sniff, File)> {
+    let file = crate::util::fs::open_regular(path)?;
     let mut head = [0u8; 9];
     let mut n = 0;
     while n < head.len() {
@@ -126,23 +130,97 @@ fn sniff(path: &Path) -> Result<Sniff> {
         }
     }
     let head = &head[..n];
-    Ok(
-        if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
-            Sniff::Zip
-        } else if head.len() == 9 && head[8] == b'{' {
-            Sniff::Safetensors
-        } else if head.first() == Some(&0x80) {
-            Sniff::Pickle
-        } else {
-            Sniff::Unknown
-        },
-    )
+    let kind = if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
+        Sniff::Zip
+    } else if head.len() == 9 && head[8] == b'{' {
+        Sniff::Safetensors
+    } else if head.first() == Some(&0x80) {
+        Sniff::Pickle
+    } else {
+        Sniff::Unknown
+    };
+    Ok((kind, file))
+}
+
+/// A checkpoint folder, and the rule for which files found in it may be read.
+#[derive(Debug, Clone)]
+struct Folder {
+    /// As the user gave it (for messages and joined paths).
+    dir: PathBuf,
+    /// With every link resolved.
+    real: PathBuf,
+    /// For a Hugging Face cache snapshot (`models--ORG--NAME/snapshots/REV`), the model's
+    /// `blobs` folder, where the snapshot's links point.
+    blobs: Option<PathBuf>,
+}
+
+impl Folder {
+    fn new(dir: &Path) -> Result<Folder> {
+        let real = dir
+            .canonicalize()
+            .map_err(|e| Error::in_file(dir, format!("cannot open the checkpoint folder: {e}")))?;
+        let blobs = (|| {
+            let snapshots = real.parent()?;
+            let model = snapshots.parent()?;
+            let is_cache = snapshots.file_name()? == "snapshots"
+                && model.file_name()?.to_str()?.starts_with("models--");
+            is_cache.then(|| model.join("blobs"))
+        })();
+        Ok(Folder {
+            dir: dir.to_path_buf(),
+            real,
+            blobs,
+        })
+    }
+
+    /// Refuse `path`, a file found in the folder, when it resolves outside it (a symbolic link
+    /// to elsewhere, or a path through a linked folder), except into the cache's blobs.
+    fn check(&self, path: &Path) -> Result<()> {
+        let target = match path.canonicalize() {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let dangling =
+                    std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+                return Err(Error::in_file(
+                    path,
+                    if dangling {
+                        "is a dangling symbolic link"
+                    } else {
+                        "no such file"
+                    },
+                ));
+            }
+            Err(e) => return Err(Error::io(path, e)),
+        };
+        let inside = target.starts_with(&self.real)
+            || self.blobs.as_ref().is_some_and(|b| target.starts_with(b));
+        if inside {
+            return Ok(());
+        }
+        Err(Error::in_file(
+            path,
+            format!(
+                "is a symbolic link to {}, outside the checkpoint folder {}; l3kit follows links \
+                 only within the folder (and, in a Hugging Face cache snapshot, into the model's \
+                 blobs/ folder): copy the file into the folder, or give the target's own path",
+                target.display(),
+                self.real.display()
+            ),
+        ))
+    }
+}
+
+/// Does a file name look like a model's weights (`model*.safetensors`, `model_000100.pt`,
+/// `pytorch_model.bin`) rather than something kept beside them?
+fn model_like(name: &str) -> bool {
+    name.starts_with("model") || name.starts_with("pytorch_model")
 }
 
 impl Checkpoint {
     /// A .safetensors file, a PyTorch .pt/.pth/.bin file, an index file, or a folder holding
-    /// either `model.safetensors.index.json` (+ shards), a single `*.safetensors`,
-    /// `pytorch_model.bin.index.json` (+ shards) or a single .pt/.bin.
+    /// an index (`model.safetensors.index.json`, `pytorch_model.bin.index.json`, + shards),
+    /// `model.safetensors`, or a single data file (among several, the one named like a model's
+    /// weights: `model*` or `pytorch_model*`).
     pub fn open(path: &Path) -> Result<Checkpoint> {
         let meta = std::fs::metadata(path)
             .map_err(|e| Error::in_file(path, format!("cannot open the checkpoint: {e}")))?;
@@ -157,14 +235,14 @@ impl Checkpoint {
             cache: Mutex::new(None),
         };
         if meta.is_dir() {
-            ck.folder = Some(path.to_path_buf());
+            ck.folder = Some(Folder::new(path)?);
             ck.open_folder(path)?;
         } else if file_name(path).ends_with(".index.json") {
             let folder = match path.parent() {
                 Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
                 _ => PathBuf::from("."),
             };
-            ck.folder = Some(folder.clone());
+            ck.folder = Some(Folder::new(&folder)?);
             ck.open_index(path, &folder)?;
         } else {
             let tensors = ck.open_data_file(path)?;
@@ -175,13 +253,21 @@ impl Checkpoint {
         Ok(ck)
     }
 
+    /// A file found inside the checkpoint folder, checked against the folder's link rule.
+    fn folder_path(&self, name: &Path) -> Result<PathBuf> {
+        let folder = self.folder.as_ref().expect("opened from a folder");
+        let p = folder.dir.join(name);
+        folder.check(&p)?;
+        Ok(p)
+    }
+
     fn open_folder(&mut self, dir: &Path) -> Result<()> {
         let mut names: Vec<String> = Vec::new();
         for entry in std::fs::read_dir(dir).with_path(dir)? {
             let entry = entry.with_path(dir)?;
-            let p = entry.path();
-            // Follows symlinks (the Hugging Face cache links files to blobs).
-            if p.is_file() {
+            // Links are followed to skip folders; everything else (a dangling link, a FIFO) is
+            // listed, so that choosing it gives an error saying what it is.
+            if !std::fs::metadata(entry.path()).is_ok_and(|m| m.is_dir()) {
                 names.push(entry.file_name().to_string_lossy().into_owned());
             }
         }
@@ -210,32 +296,14 @@ impl Checkpoint {
             None
         };
         if let Some(index) = chosen {
-            return self.open_index(&dir.join(index), dir);
+            let index = self.folder_path(Path::new(&index))?;
+            return self.open_index(&index, dir);
         }
 
-        // 2. A single safetensors file.
-        let st_files: Vec<&String> = names
-            .iter()
-            .filter(|n| has_ext(Path::new(n), &["safetensors"]))
-            .collect();
-        // `model.safetensors` is the conventional name; other files beside it (an
+        // 2. `model.safetensors`, the conventional name; other files beside it (an
         // `allocation.safetensors`, say) are not part of the checkpoint.
-        if st_files.iter().any(|n| *n == "model.safetensors") {
-            return self.open_single(&dir.join("model.safetensors"));
-        }
-        match st_files.len() {
-            0 => {}
-            1 => return self.open_single(&dir.join(st_files[0])),
-            _ => {
-                return Err(Error::in_file(
-                    dir,
-                    format!(
-                        "several .safetensors files ({}) and no model.safetensors.index.json \
-                         saying how they fit together; name one file, or add the index",
-                        list(&st_files)
-                    ),
-                ))
-            }
+        if names.iter().any(|n| n == "model.safetensors") {
+            return self.open_single(Path::new("model.safetensors"));
         }
 
         // 3. A PyTorch index.
@@ -260,26 +328,26 @@ impl Checkpoint {
             None
         };
         if let Some(index) = chosen {
-            return self.open_index(&dir.join(index), dir);
+            let index = self.folder_path(Path::new(&index))?;
+            return self.open_index(&index, dir);
         }
 
-        // 4. A single PyTorch file; among several, the one named like a model's weights.
-        let pt_files: Vec<&String> = names
+        // 4. A single data file; among several, the one named like a model's weights (a
+        // training run keeps `optim_*.pt`, goldens or an allocation beside `model_*.pt`).
+        let data: Vec<&String> = names
             .iter()
-            .filter(|n| has_ext(Path::new(n), &PT_EXTENSIONS))
+            .filter(|n| {
+                has_ext(Path::new(n), &["safetensors"]) || has_ext(Path::new(n), &PT_EXTENSIONS)
+            })
             .collect();
-        let pick: Vec<&String> = if pt_files.len() > 1 {
-            pt_files
-                .iter()
-                .copied()
-                .filter(|n| n.starts_with("model") || n.starts_with("pytorch_model"))
-                .collect()
+        let pick: Vec<&String> = if data.len() > 1 {
+            data.iter().copied().filter(|n| model_like(n)).collect()
         } else {
-            pt_files.clone()
+            data.clone()
         };
         match pick.len() {
-            1 => self.open_single(&dir.join(pick[0])),
-            0 if pt_files.is_empty() => Err(Error::in_file(
+            1 => self.open_single(Path::new(pick[0].as_str())),
+            0 if data.is_empty() => Err(Error::in_file(
                 dir,
                 "no checkpoint found in this folder: expected model.safetensors.index.json, a \
                  .safetensors file, pytorch_model.bin.index.json, or a .pt/.pth/.bin file",
@@ -287,15 +355,18 @@ impl Checkpoint {
             _ => Err(Error::in_file(
                 dir,
                 format!(
-                    "several PyTorch files ({}) and no index; name the file to read",
-                    list(&pt_files)
+                    "several checkpoint files ({}) and no index saying how they fit together; \
+                     name the file to read, or add an index",
+                    list(if pick.is_empty() { &data } else { &pick })
                 ),
             )),
         }
     }
 
-    fn open_single(&mut self, path: &Path) -> Result<()> {
-        let tensors = self.open_data_file(path)?;
+    /// Open the data file `name` of the folder.
+    fn open_single(&mut self, name: &Path) -> Result<()> {
+        let path = self.folder_path(name)?;
+        let tensors = self.open_data_file(&path)?;
         for (name, entry) in tensors {
             self.entries.insert(name, entry);
         }
@@ -305,11 +376,12 @@ impl Checkpoint {
     /// Open one data file (safetensors or PyTorch, by content and name), register it in
     /// `files`, and return its tensors.
     fn open_data_file(&mut self, path: &Path) -> Result<Vec<(String, Entry)>> {
-        let kind = sniff(path)?;
+        let (kind, file) = sniff(path)?;
         let is_st_name = has_ext(path, &["safetensors"]);
         if kind == Sniff::Zip {
-            self.open_pt(path)
+            self.open_pt(path, file)
         } else if kind == Sniff::Safetensors || is_st_name {
+            drop(file);
             self.open_st(path)
         } else if kind == Sniff::Pickle {
             Err(Error::in_file(
@@ -356,7 +428,42 @@ impl Checkpoint {
 
     /// The folder it came from (to find `config.json`), when opened from a folder or an index.
     pub fn folder(&self) -> Option<&Path> {
-        self.folder.as_deref()
+        self.folder.as_ref().map(|f| f.dir.as_path())
+    }
+
+    /// The file `name` of the checkpoint folder, when the checkpoint came from a folder and the
+    /// file exists there; a link leaving the folder (see the module documentation) is an error.
+    /// The file's kind is not checked: open it with `util::fs::open_regular` or `read_small`.
+    pub fn companion(&self, name: &str) -> Result<Option<PathBuf>> {
+        let Some(folder) = &self.folder else {
+            return Ok(None);
+        };
+        let p = folder.dir.join(name);
+        match std::fs::symlink_metadata(&p) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(&p, e)),
+            Ok(_) => {
+                folder.check(&p)?;
+                Ok(Some(p))
+            }
+        }
+    }
+
+    /// Names of the checkpoint folder's entries that are not folders, sorted (empty when the
+    /// checkpoint is a single file).
+    pub fn folder_names(&self) -> Result<Vec<String>> {
+        let Some(folder) = &self.folder else {
+            return Ok(Vec::new());
+        };
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&folder.dir).with_path(&folder.dir)? {
+            let entry = entry.with_path(&folder.dir)?;
+            if !std::fs::metadata(entry.path()).is_ok_and(|m| m.is_dir()) {
+                names.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        names.sort();
+        Ok(names)
     }
 
     /// Every data file, in a stable order (shards sorted by their path in the index).
@@ -467,10 +574,16 @@ impl Checkpoint {
                 r
             }
             Loc::Pt { .. } => {
-                buf.clear();
-                let bytes = self.pt_bytes(e)?;
-                buf.extend_from_slice(&bytes[start..start + len]);
-                Ok(())
+                if buf.len() >= len {
+                    buf.truncate(len);
+                } else {
+                    buf.resize(len, 0);
+                }
+                let r = self.read_pt(e, start, buf);
+                if r.is_err() {
+                    buf.clear();
+                }
+                r
             }
         }
     }
@@ -481,34 +594,19 @@ impl Checkpoint {
         self.check_range(e, start, out.len())?;
         match e.loc {
             Loc::St { .. } => self.read_st(e, start, out),
-            Loc::Pt { .. } => {
-                let bytes = self.pt_bytes(e)?;
-                out.copy_from_slice(&bytes[start..start + out.len()]);
-                Ok(())
-            }
+            Loc::Pt { .. } => self.read_pt(e, start, out),
         }
     }
 
     /// The tensor's whole data.
     pub fn read_all(&self, name: &str) -> Result<Vec<u8>> {
         let e = self.entry(name)?;
+        let mut buf = vec![0u8; e.info.byte_len()];
         match e.loc {
-            Loc::St { .. } => {
-                let mut buf = vec![0u8; e.info.byte_len()];
-                self.read_st(e, 0, &mut buf)?;
-                Ok(buf)
-            }
-            Loc::Pt { .. } => {
-                let bytes = self.pt_bytes(e)?;
-                // Hand the cached buffer over when nobody else holds it.
-                let mut cache = lock(&self.cache);
-                if cache.as_ref().is_some_and(|(n, _)| n == name) {
-                    *cache = None;
-                }
-                drop(cache);
-                Ok(Arc::try_unwrap(bytes).unwrap_or_else(|a| a.as_ref().clone()))
-            }
+            Loc::St { .. } => self.read_st(e, 0, &mut buf)?,
+            Loc::Pt { .. } => self.read_pt(e, 0, &mut buf)?,
         }
+        Ok(buf)
     }
 
     fn read_st(&self, e: &Entry, start: usize, out: &mut [u8]) -> Result<()> {

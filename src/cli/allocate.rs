@@ -5,6 +5,7 @@ use clap::Args;
 use l3kit::allocate::plan::{self, CostBudget, OptimalSummary, Optimality};
 use l3kit::allocate::{self, AllocateOptions, AllocationReport, FillPolicy, LayerShape, Method};
 use l3kit::profile::{self, Profile};
+use l3kit::util::fs::{check_output, OutputKind};
 use l3kit::util::units::human_bytes;
 use l3kit::{Error, Result};
 use serde::Serialize;
@@ -50,6 +51,9 @@ pub(crate) struct AllocateArgs {
 }
 
 pub(crate) fn cmd_allocate(args: AllocateArgs, json: bool) -> Result<()> {
+    let mut inputs = vec![args.profile.as_path()];
+    inputs.extend(args.tokenizer.as_deref());
+    check_output(&args.out, &inputs, OutputKind::File, "--out")?;
     let profile = Profile::read(&args.profile)?;
     let tokenizer = match &args.tokenizer {
         Some(path) => {
@@ -58,17 +62,24 @@ pub(crate) fn cmd_allocate(args: AllocateArgs, json: bool) -> Result<()> {
         }
         None => None,
     };
-    let vocab = profile.meta.vocab_size as u64;
+    let vocab = u64::from(profile.meta.vocab_size);
     let n_emb = match (args.n_emb, args.rows_per_token) {
-        (Some(n), _) => n,
-        (None, Some(r)) if r.is_finite() && r > 0.0 => (r * vocab as f64).round() as u64,
-        (None, Some(r)) => {
-            return Err(Error::input(format!(
-                "--rows-per-token {r} must be a positive number"
-            )))
+        (Some(n), _) => {
+            allocate::check_budget(vocab, n, args.k_max)
+                .map_err(|e| Error::input(format!("--n-emb {n}: {e}")))?;
+            n
         }
-        (None, None) => unreachable!("clap requires one of them"),
+        (None, Some(r)) => allocate::n_emb_for_ratio(r, vocab, args.k_max, "--rows-per-token")?,
+        (None, None) => {
+            return Err(Error::input(
+                "give the budget: --n-emb N or --rows-per-token R",
+            ))
+        }
     };
+    let shape = args.layer.shape();
+    if let Some(s) = shape {
+        s.layer_bytes(n_emb)?;
+    }
     if args.method == Method::Optimal {
         return cmd_allocate_optimal(&args, &profile, n_emb, tokenizer.as_ref(), json);
     }
@@ -82,9 +93,9 @@ pub(crate) fn cmd_allocate(args: AllocateArgs, json: bool) -> Result<()> {
             fill: args.fill,
         },
     )?;
+    // The report first: a run that fails leaves no output.
+    let report = allocate::report(&alloc, Some(&profile.unigram), shape, tokenizer.as_ref())?;
     alloc.write(&args.out)?;
-    let shape = args.layer.shape();
-    let report = allocate::report(&alloc, Some(&profile.unigram), shape, tokenizer.as_ref());
     if json {
         #[derive(Serialize)]
         struct Out<'a> {
@@ -181,7 +192,7 @@ pub(crate) fn budget_of(
             })?;
             Some(CostBudget::BytesPerToken {
                 bytes: b as f64,
-                row_bytes: s.dtype.row_bytes(s.d_in, s.d_emb, s.tied),
+                row_bytes: s.row_bytes()?,
             })
         }
         (None, None) => None,
@@ -199,8 +210,8 @@ pub(crate) fn cmd_allocate_optimal(
     let shape = args.layer.shape();
     let budget = budget_of(args, shape)?;
     let (alloc, opt) = plan::allocate_optimal(profile, n_emb, args.k_max, budget)?;
+    let report = allocate::report(&alloc, Some(&profile.unigram), shape, tokenizer)?;
     alloc.write_with_metadata(&args.out, &opt.metadata())?;
-    let report = allocate::report(&alloc, Some(&profile.unigram), shape, tokenizer);
     if json {
         #[derive(Serialize)]
         struct Out<'a> {

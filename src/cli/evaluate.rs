@@ -65,9 +65,15 @@ pub(crate) fn cmd_evaluate(args: EvaluateArgs, json: bool) -> Result<()> {
 
 pub(crate) fn print_evaluation(r: &EvaluationReport) {
     let a = &r.allocation;
+    // The method comes from the file's metadata: escaped, so it cannot drive the terminal.
     println!(
         "allocation {} ({}): vocabulary {}, n_emb {}, k_max {}, largest block {}",
-        a.path, a.method, a.vocab_size, a.n_emb, a.k_max, a.max_rows
+        a.path,
+        a.method.escape_debug(),
+        a.vocab_size,
+        a.n_emb,
+        a.k_max,
+        a.max_rows
     );
     if let (Some(row), Some(layer)) = (a.bytes_per_row, a.bytes_per_layer) {
         println!(

@@ -9,6 +9,25 @@ use l3kit::util::units::human_bytes;
 use l3kit::Result;
 use std::path::PathBuf;
 
+/// The float dtypes the tensors other than the tables can be converted to (int8 is a table
+/// format: quantising W_up or the embeddings is not offered).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum OtherDtype {
+    F32,
+    Bf16,
+    F16,
+}
+
+impl From<OtherDtype> for TableDtype {
+    fn from(d: OtherDtype) -> TableDtype {
+        match d {
+            OtherDtype::F32 => TableDtype::F32,
+            OtherDtype::Bf16 => TableDtype::Bf16,
+            OtherDtype::F16 => TableDtype::F16,
+        }
+    }
+}
+
 #[derive(Args)]
 pub(crate) struct PackArgs {
     /// A .safetensors file, a .pt/.bin file, or a checkpoint folder (sharded index allowed).
@@ -20,7 +39,7 @@ pub(crate) struct PackArgs {
     dtype: Option<TableDtype>,
     /// Convert the other floating-point tensors too (default: unchanged).
     #[arg(long, value_enum)]
-    other_dtype: Option<TableDtype>,
+    other_dtype: Option<OtherDtype>,
     /// Largest shard (e.g. 5GB, 500MB, 2GiB).
     #[arg(long, default_value = "5GB", value_parser = parse_size_arg)]
     max_shard_size: u64,
@@ -42,7 +61,7 @@ pub(crate) fn cmd_pack(args: PackArgs, ui: &Ui, json: bool) -> Result<()> {
         map: args.src.map,
         allocation: args.src.allocation,
         dtype: args.dtype,
-        other_dtype: args.other_dtype,
+        other_dtype: args.other_dtype.map(TableDtype::from),
         max_shard_size: args.max_shard_size,
         force: args.force,
         allow_nonfinite: args.allow_nonfinite,
@@ -58,12 +77,24 @@ pub(crate) fn cmd_pack(args: PackArgs, ui: &Ui, json: bool) -> Result<()> {
 
 pub(crate) fn print_pack(s: &PackSummary) {
     println!(
-        "packed {} L3 layer(s), {} dialect, vocab {}, tables as {}",
+        "packed {} L3 layer(s), {} dialect ({} residual), vocab {}, tables as {}",
         s.layers.len(),
         s.dialect,
+        s.residual,
         s.vocab_size,
         s.dtype.name()
     );
+    match (s.allocation.from.as_str(), &s.allocation.path) {
+        ("beside", Some(p)) => println!(
+            "  allocation: {} from beside the checkpoint (the checkpoint has no bounds of its own)",
+            p.display()
+        ),
+        ("file", Some(p)) => println!("  allocation: {}", p.display()),
+        _ => println!("  allocation: the checkpoint's bounds"),
+    }
+    if !s.carried.is_empty() {
+        println!("  carried over: {}", s.carried.join(", "));
+    }
     for l in &s.layers {
         print!(
             "  {}: n_emb {} d_in {} d_emb {}, {} in {} part(s)",

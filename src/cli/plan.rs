@@ -6,6 +6,7 @@ use l3kit::allocate::plan::sweep::{self, PlanOptions, PlanPoint, PlanReport};
 use l3kit::allocate::FillPolicy;
 use l3kit::formats::dtype::TableDtype;
 use l3kit::profile::Profile;
+use l3kit::util::fs::{check_output, OutputKind};
 use l3kit::util::progress::Ui;
 use l3kit::util::units::human_bytes;
 use l3kit::Result;
@@ -24,14 +25,14 @@ pub(crate) struct PlanArgs {
     /// Output folder (plan.csv, plan.json, frontier.svg/.png, rows.svg/.png).
     #[arg(long)]
     out: PathBuf,
-    /// n_emb grid as rows per token.
+    /// n_emb grid as rows per token (at most 64 values).
     #[arg(long, value_delimiter = ',', default_value = "1.5,2,3,3.9,6")]
     rows_per_token: Vec<f64>,
     /// E[d_t] budgets (default: --budgets points per n_emb, log-spaced from the smallest
-    /// feasible budget to the unconstrained optimum).
+    /// feasible budget to the unconstrained optimum; at most 200 values).
     #[arg(long, value_delimiter = ',')]
     mean_rows: Vec<f64>,
-    /// Automatic budgets per n_emb.
+    /// Automatic budgets per n_emb (2 to 200; each is one solve).
     #[arg(long, default_value_t = 12)]
     budgets: usize,
     #[arg(long, default_value_t = 512)]
@@ -58,6 +59,9 @@ pub(crate) struct PlanArgs {
 }
 
 pub(crate) fn cmd_plan(args: PlanArgs, ui: &Ui, json: bool) -> Result<()> {
+    let mut inputs = vec![args.profile.as_path()];
+    inputs.extend(args.heldout.as_deref());
+    check_output(&args.out, &inputs, OutputKind::Folder, "--out")?;
     let train = Profile::read(&args.profile)?;
     let heldout = match &args.heldout {
         Some(p) => Some(Profile::read(p)?),

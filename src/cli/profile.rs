@@ -1,9 +1,11 @@
 //! `l3kit profile`: its flags and its report.
 
-use super::print_json;
+use super::{parse_size_arg, print_json};
 use clap::Args;
+use l3kit::corpus::MAX_SEQUENCE_BYTES_LIMIT;
 use l3kit::profile::lzw::LzwVariant;
 use l3kit::profile::{self, IdSplit, InputFormat, ProfileOptions, ProfileSummary};
+use l3kit::util::fs::{check_output, OutputKind};
 use l3kit::util::progress::Ui;
 use l3kit::{Error, Result};
 use serde::Serialize;
@@ -39,6 +41,11 @@ pub(crate) struct ProfileArgs {
     /// Let the tokenizer add its special tokens (BOS/EOS) to every sequence.
     #[arg(long)]
     add_special_tokens: bool,
+    /// The longest sequence accepted, in bytes of input: a text line or JSON Lines record
+    /// (newline included), a Parquet value, or a run of ids (e.g. 16MiB; at most 1GiB).
+    /// Tokenising a line takes about 130 times its size in memory with GPT-2's tokenizer.
+    #[arg(long, value_parser = parse_size_arg, default_value = "4MiB")]
+    max_sequence_bytes: u64,
     /// LZW scan: the paper's reference (default) or textbook LZW.
     #[arg(long, value_enum, default_value = "reference")]
     lzw: LzwVariant,
@@ -54,6 +61,18 @@ pub(crate) fn cmd_profile(args: ProfileArgs, ui: &Ui, json: bool) -> Result<()> 
         (None, Some(n)) => Some(IdSplit::SeqLen(n)),
         (None, None) => None,
     };
+    let mut inputs: Vec<&std::path::Path> = args.inputs.iter().map(PathBuf::as_path).collect();
+    inputs.extend(args.tokenizer.as_deref());
+    check_output(&args.out, &inputs, OutputKind::File, "--out")?;
+    let max_sequence_bytes = usize::try_from(args.max_sequence_bytes)
+        .ok()
+        .filter(|&b| b <= MAX_SEQUENCE_BYTES_LIMIT)
+        .ok_or_else(|| {
+            Error::input(format!(
+                "--max-sequence-bytes {} is above the limit of {MAX_SEQUENCE_BYTES_LIMIT} bytes (1 GiB)",
+                args.max_sequence_bytes
+            ))
+        })?;
     let opts = ProfileOptions {
         inputs: args.inputs,
         format: args.format,
@@ -64,6 +83,7 @@ pub(crate) fn cmd_profile(args: ProfileArgs, ui: &Ui, json: bool) -> Result<()> 
         split,
         max_tokens: args.max_tokens,
         variant: args.lzw,
+        max_sequence_bytes,
     };
     let (profile, summary) = profile::run(&opts, ui)?;
     profile.write(&args.out)?;

@@ -4,6 +4,7 @@ use super::print_json;
 use clap::Args;
 use l3kit::checkpoint::Dialect;
 use l3kit::formats::dtype::TableDtype;
+use l3kit::util::fs::{check_output, OutputKind};
 use l3kit::util::units::human_bytes;
 use l3kit::Result;
 use std::path::PathBuf;
@@ -36,6 +37,7 @@ pub(crate) struct SynthArgs {
 }
 
 pub(crate) fn cmd_synth(args: SynthArgs, json: bool) -> Result<()> {
+    check_output(&args.out, &[], OutputKind::Folder, "--out")?;
     let s = l3kit::synth::synthesize(&l3kit::synth::SynthOptions {
         dialect: args.dialect,
         vocab: args.vocab,

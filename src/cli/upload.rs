@@ -1,6 +1,6 @@
 //! `l3kit upload`: its flags and its report.
 
-use super::{print_json, source_options, SourceArgs};
+use super::{source_options, SourceArgs};
 use clap::Args;
 use l3kit::util::progress::Ui;
 use l3kit::Result;
@@ -66,11 +66,15 @@ pub(crate) fn cmd_upload(args: UploadArgs, ui: &Ui, json: bool) -> Result<()> {
         device: "cpu".to_string(),
         tolerance: None,
     });
-    let summary = l3kit::hub::upload(&opts, ui)?;
-    if json {
-        print_json(&summary);
+    // Every text from the network is already redacted where it sits (`hub::Remote`); this
+    // last pass over what is printed catches a token that reached a plain string some other
+    // way (a path or an endpoint that holds it), through the same redaction function.
+    let summary = l3kit::hub::upload(&opts, ui).map_err(l3kit::hub::redact_error)?;
+    let text = if json {
+        serde_json::to_string_pretty(&summary).expect("summaries serialise") + "\n"
     } else {
-        print!("{}", summary.render());
-    }
+        summary.render()
+    };
+    print!("{}", l3kit::hub::redact(&text));
     Ok(())
 }

@@ -44,7 +44,9 @@ impl Allocation {
         let mut total = 0i64;
         bounds.push(0);
         for &r in rows {
-            total += r as i64;
+            total = total
+                .checked_add(i64::from(r))
+                .ok_or_else(|| Error::input("an allocation of more than 2^63 rows"))?;
             bounds.push(total);
         }
         Self::from_bounds(bounds, meta).map_err(Error::Input)
@@ -57,7 +59,12 @@ impl Allocation {
         mut meta: AllocationMeta,
     ) -> std::result::Result<Self, String> {
         check_bounds(&bounds)?;
-        let vocab = (bounds.len() - 1) as u32;
+        let vocab = u32::try_from(bounds.len() - 1).map_err(|_| {
+            format!(
+                "{} tokens is more than a vocabulary can have",
+                bounds.len() - 1
+            )
+        })?;
         let n_emb = *bounds.last().expect("checked non-empty") as u64;
         if meta.vocab_size == 0 {
             meta.vocab_size = vocab;
@@ -71,12 +78,32 @@ impl Allocation {
                 meta.vocab_size, meta.n_emb
             ));
         }
-        let widest = bounds.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(1) as u32;
+        // Strictly increasing from 0, so every difference is positive and fits i64.
+        let (wide_token, widest) = bounds
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .enumerate()
+            .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))
+            .expect("at least one token");
+        let widest = u32::try_from(widest).map_err(|_| {
+            format!(
+                "token {wide_token} owns {widest} rows; a block holds at most {} rows",
+                u32::MAX
+            )
+        })?;
+        if meta.fill_rows > n_emb - u64::from(vocab) {
+            return Err(format!(
+                "metadata says a fill policy placed {} rows, more than the {} rows beyond one \
+                 per token",
+                meta.fill_rows,
+                n_emb - u64::from(vocab)
+            ));
+        }
         if meta.k_max == 0 {
             meta.k_max = widest;
         } else if widest > meta.k_max {
             return Err(format!(
-                "a token owns {widest} rows, more than k_max {}",
+                "token {wide_token} owns {widest} rows, more than k_max {}",
                 meta.k_max
             ));
         }
@@ -148,14 +175,26 @@ impl Allocation {
                 }),
             }
         };
+        let number32 = |key: &str| -> Result<u32> {
+            let v = number(key)?;
+            u32::try_from(v).map_err(|_| {
+                Error::in_file(
+                    path,
+                    format!(
+                        "metadata {key} = {v} does not fit 32 bits (at most {})",
+                        u32::MAX
+                    ),
+                )
+            })
+        };
         let meta = AllocationMeta {
             method: metadata
                 .get("method")
                 .cloned()
                 .unwrap_or_else(|| "external".into()),
-            k_max: number("k_max")? as u32,
+            k_max: number32("k_max")?,
             n_emb: number("n_emb")?,
-            vocab_size: number("vocab_size")? as u32,
+            vocab_size: number32("vocab_size")?,
             profile_sha256: metadata.get("profile_sha256").cloned(),
             tokenizer_sha256: metadata.get("tokenizer_sha256").cloned(),
             fill: metadata.get("fill").cloned(),
@@ -177,7 +216,7 @@ pub struct Bucket {
 
 /// E[d_t] = sum_t p(t) d_t.
 pub fn expected_rows(rows: &[u32], unigram: &[u64]) -> Option<f64> {
-    let total: u64 = unigram.iter().sum();
+    let total: u128 = unigram.iter().map(|&u| u128::from(u)).sum();
     if total == 0 || rows.len() != unigram.len() {
         return None;
     }

@@ -69,6 +69,22 @@ impl TableDtype {
         };
         values * self.value_bytes() + scales
     }
+
+    /// [`row_bytes`](Self::row_bytes) for sizes from flags or files: None when the row's size
+    /// does not fit 64 bits.
+    pub fn checked_row_bytes(self, d_in: u64, d_emb: u64, tied: bool) -> Option<u64> {
+        let (values, parts) = if tied {
+            (d_in, 1)
+        } else {
+            (d_in.checked_add(d_emb)?, 2)
+        };
+        let scales = if self == TableDtype::Int8 {
+            4 * parts
+        } else {
+            0
+        };
+        values.checked_mul(self.value_bytes())?.checked_add(scales)
+    }
 }
 
 #[cfg(test)]

@@ -22,6 +22,12 @@ pub const PROFILE_VERSION: &str = "1";
 /// The parent of a single-token codeword.
 pub const NO_PARENT: u32 = u32::MAX;
 
+/// The largest vocabulary l3kit profiles, allocates or synthesises (2^24 = 16,777,216 tokens,
+/// far above any tokenizer in use). Every per-token table is dense (a profile holds 24 bytes
+/// per token before any text is read), and keeping vocabularies below 2^24 keeps every
+/// product of a vocabulary with a per-token count of rows within 64 bits.
+pub const MAX_VOCAB: u32 = 1 << 24;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum InputFormat {
@@ -184,6 +190,10 @@ impl Codewords {
                 "{n} codewords, fewer than the vocabulary size {vocab}"
             ));
         }
+        // Codeword ids are 32-bit everywhere (parents, the walk order).
+        if n > NO_PARENT as usize {
+            return Err(format!("{n} codewords, more than 2^32 - 1"));
+        }
         for i in 0..n {
             let (p, t) = (parents[i], tokens[i]);
             if i < vocab as usize {
@@ -239,6 +249,45 @@ impl Codewords {
     }
 }
 
+/// What the scan guarantees about its own figures, checked on read so every total computed
+/// from a profile fits in 64 bits: each phrase covers at least two tokens (reference) or one
+/// (textbook), adds at most one codeword, and adds at most 2 (reference) or exactly 1
+/// (textbook) to the sum of codeword counts.
+fn check_scan_stats(meta: &ProfileMeta, codewords: &Codewords) -> std::result::Result<(), String> {
+    let (min_tokens, max_count) = match meta.options.lzw_variant {
+        LzwVariant::Reference => (2u128, 2u128),
+        LzwVariant::Textbook => (1, 1),
+    };
+    let phrases = u128::from(meta.phrases);
+    if meta.phrase_tokens > meta.tokens {
+        return Err(format!(
+            "phrase_tokens {} exceeds the {} tokens of the sample",
+            meta.phrase_tokens, meta.tokens
+        ));
+    }
+    if phrases * min_tokens > u128::from(meta.phrase_tokens) {
+        return Err(format!(
+            "{} phrases cannot cover only {} tokens",
+            meta.phrases, meta.phrase_tokens
+        ));
+    }
+    let multi = (codewords.len() - meta.vocab_size as usize) as u128;
+    if multi > phrases {
+        return Err(format!(
+            "{multi} multi-token codewords from {} phrases (a phrase adds at most one)",
+            meta.phrases
+        ));
+    }
+    let mass: u128 = codewords.counts.iter().map(|&c| u128::from(c)).sum();
+    if mass > phrases * max_count {
+        return Err(format!(
+            "the codeword counts add up to {mass}, more than {} phrases can give",
+            meta.phrases
+        ));
+    }
+    Ok(())
+}
+
 pub fn content_hash(unigram: &[u64], codewords: &Codewords) -> String {
     let mut h = Sha256::new();
     for tensor in tensors(unigram, codewords) {
@@ -272,6 +321,8 @@ impl Profile {
 
     /// Read and validate a profile file.
     pub fn read(path: &Path) -> Result<Profile> {
+        // What the path is (a FIFO, a folder, nothing) is said plainly, not as corruption.
+        crate::util::fs::regular_metadata(path)?;
         let file = MappedSafetensors::open(path).map_err(|e| match e {
             Error::Input(msg) => Error::Input(format!("{msg} (a truncated or corrupted profile?)")),
             other => other,
@@ -295,6 +346,13 @@ impl Profile {
                 .ok_or_else(|| bad("metadata has no \"profile\" entry".into()))?,
         )
         .map_err(|e| bad(format!("metadata \"profile\" is not valid: {e}")))?;
+        if meta.vocab_size == 0 || meta.vocab_size > MAX_VOCAB {
+            return Err(bad(format!(
+                "vocab_size {} is out of range (l3kit reads vocabularies of 1 to {MAX_VOCAB} \
+                 tokens)",
+                meta.vocab_size
+            )));
+        }
         let stored_hash = metadata
             .get("content_sha256")
             .cloned()
@@ -318,9 +376,18 @@ impl Profile {
                 "content hash mismatch: the profile's data was changed or corrupted".into(),
             ));
         }
-        if unigram.iter().sum::<u64>() != meta.tokens {
-            return Err(bad("unigram counts do not add up to the token count".into()));
+        let total = unigram
+            .iter()
+            .try_fold(0u64, |sum, &c| sum.checked_add(c))
+            .ok_or_else(|| bad("unigram counts add up to more than 2^64 - 1".into()))?;
+        if total != meta.tokens {
+            return Err(bad(format!(
+                "unigram counts do not add up to the token count ({total}, the metadata says {})",
+                meta.tokens
+            )));
         }
+        check_scan_stats(&meta, &codewords)
+            .map_err(|m| bad(format!("inconsistent counts: {m}")))?;
         Ok(Profile {
             meta,
             unigram,

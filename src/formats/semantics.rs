@@ -13,6 +13,20 @@ pub enum Residual {
     Replace,
     /// x <- x + lambda * out, one learned scalar per L3 layer (nanochat).
     AddLambda,
+    /// x <- x + out: the add residual with no learned scale (nanochat trained with
+    /// `--l3-no-lambda`, which saves no `l3_lambdas`).
+    Add,
+}
+
+impl Residual {
+    /// The name a packed config and a `--map` file use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Residual::Replace => "replace",
+            Residual::AddLambda => "add_lambda",
+            Residual::Add => "add",
+        }
+    }
 }
 
 /// The numerical choices that differ between dialects; one forward pass covers them all.

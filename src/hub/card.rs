@@ -10,7 +10,8 @@ use crate::formats::packed::PackedModel;
 use crate::formats::packed::{Residual, TableDtype};
 use crate::formats::packed::{CONFIG_FILE, INDEX_FILE};
 use crate::pack::inspect::inspect_packed;
-use crate::util::error::{Error, IoContext, Result};
+use crate::util::error::{Error, Result};
+use crate::util::fs::{limits, read_small};
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -50,7 +51,7 @@ pub fn model_card(dir: &Path, repo: &str) -> Result<String> {
     let c = &model.config;
     let config_path = dir.join(CONFIG_FILE);
     let config_json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&config_path).with_path(&config_path)?)
+        serde_json::from_slice(&read_small(&config_path, limits::CONFIG, "a config file")?)
             .map_err(|e| Error::in_file(&config_path, format!("not valid JSON: {e}")))?;
     let license = config_json
         .get("license")
@@ -120,6 +121,7 @@ pub fn model_card(dir: &Path, repo: &str) -> Result<String> {
     let residual = match c.semantics.residual {
         Residual::Replace => "the layer output replaces the hidden state",
         Residual::AddLambda => "x + lambda * out (a learned lambda per layer)",
+        Residual::Add => "x + out (an add residual without a lambda)",
     };
     let _ = writeln!(s, "| dialect | {} ({residual}) |", c.dialect);
     let _ = writeln!(
@@ -221,7 +223,14 @@ pub fn model_card(dir: &Path, repo: &str) -> Result<String> {
     s.push('\n');
 
     // Files.
-    s.push_str("## Files\n\n| file | size |\n|---|---|\n");
+    s.push_str("## Files\n\n");
+    s.push_str(
+        "`l3kit upload` publishes only the files the index lists, the index itself and these \
+         side files when the folder has them: `README.md`, `config.json`, `tokenizer.json`, \
+         `tokenizer_config.json`, `special_tokens_map.json`, `generation_config.json`, \
+         `vocab.json`, `merges.txt`, `allocation.safetensors`, `meta_*.json`, `LICENSE*` and \
+         `.gitattributes`. The model's files:\n\n| file | size |\n|---|---|\n",
+    );
     let index_name = INDEX_FILE.to_string();
     let mut files: Vec<&String> = model.index.metadata.sha256.keys().collect();
     files.push(&index_name);

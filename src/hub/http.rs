@@ -1,43 +1,55 @@
 //! A small blocking HTTP layer for the Hub's API: bounded retries with exponential backoff on
 //! connection errors, 408, 429 and 5xx; counting of requests and bytes; the token attached only
-//! to requests for the Hub's own origin; and every message that could carry text from outside
-//! (transport errors, server error bodies) scrubbed of the token before it becomes an error.
+//! to requests for the Hub's own origin; every reply body read only up to a limit for its kind;
+//! and everything a reply carries (its status aside) handed on as [`Remote`] text, which is
+//! shown only redacted.
 
+use super::redact::Remote;
+pub use super::redact::Token;
 use crate::util::error::{Error, Result};
 use indicatif::ProgressBar;
 use reqwest::blocking::{Body, Client};
 use reqwest::{Method, Url};
-use std::io::{Read, Seek, SeekFrom};
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A Hub access token. Its `Debug` form never shows the secret, so it cannot leak through a
-/// stray `{:?}`; the value is only read where a request header is built.
-#[derive(Clone)]
-pub struct Token(String);
+/// The most l3kit reads of a successful JSON API reply (repository creation, paths-info,
+/// preupload, the LFS batch, verify, the multipart completion, the commit). The largest real
+/// answers (paths-info or preupload for 100 paths, a batch of 100 objects) are tens of KiB.
+pub const MAX_JSON_REPLY_BYTES: u64 = 16 << 20;
+/// The most l3kit reads of a successful storage reply (the PUT of a file or of one part):
+/// only its status and headers matter, and storage services answer with an empty or tiny body.
+pub const MAX_STORAGE_REPLY_BYTES: u64 = 64 << 10;
+/// The most l3kit reads of an error reply (a status outside 2xx), whose start is quoted.
+pub const MAX_ERROR_REPLY_BYTES: u64 = 16 << 10;
+/// How many characters of a server's text an error message quotes.
+pub const QUOTED_CHARS: usize = 300;
 
-impl Token {
-    /// A token from its text (surrounding whitespace removed). `None` when empty.
-    pub fn new(secret: impl Into<String>) -> Option<Token> {
-        let s = secret.into().trim().to_string();
-        (!s.is_empty()).then_some(Token(s))
-    }
-
-    pub(crate) fn secret(&self) -> &str {
-        &self.0
-    }
-
-    /// `text` with every occurrence of the token replaced by `[token]`.
-    pub fn redact(&self, text: &str) -> String {
-        text.replace(&self.0, "[token]")
-    }
+/// What a successful reply is for, which decides how much of its body is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ReplyKind {
+    Json,
+    Storage,
 }
 
-impl std::fmt::Debug for Token {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Token([redacted])")
+impl ReplyKind {
+    fn limit(self) -> u64 {
+        match self {
+            ReplyKind::Json => MAX_JSON_REPLY_BYTES,
+            ReplyKind::Storage => MAX_STORAGE_REPLY_BYTES,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            ReplyKind::Json => "JSON API replies",
+            ReplyKind::Storage => "storage replies",
+        }
     }
 }
 
@@ -86,9 +98,12 @@ pub(crate) enum Payload<'a> {
         data: &'a [u8],
         content_type: &'static str,
     },
-    /// `len` bytes of a file from `offset`, reported to the progress bars as they are read.
+    /// `len` bytes of an open file from `offset`, reported to the progress bars as they are
+    /// read. The handle is the one opened (and checked) when the files were listed, so a path
+    /// swapped for a link during the upload changes nothing.
     File {
         path: PathBuf,
+        file: Arc<File>,
         offset: u64,
         len: u64,
         bars: &'a [ProgressBar],
@@ -104,11 +119,16 @@ impl Payload<'_> {
     }
 }
 
-/// A response read to the end.
+/// A response: its status, and its headers and body, which are the server's text.
 pub(crate) struct Reply {
     pub status: u16,
-    pub headers: reqwest::header::HeaderMap,
-    pub body: Vec<u8>,
+    headers: reqwest::header::HeaderMap,
+    body: Vec<u8>,
+    /// The body went past [`MAX_ERROR_REPLY_BYTES`] and was not read further (error replies
+    /// only: a successful reply past its limit is an error).
+    truncated: bool,
+    /// `METHOD URL` (query left out) for messages; a storage URL is the server's text.
+    request: Remote,
 }
 
 impl Reply {
@@ -116,58 +136,93 @@ impl Reply {
         (200..300).contains(&self.status)
     }
 
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
+    pub fn header(&self, name: &str) -> Option<Remote> {
+        self.headers
+            .get(name)
+            .map(|v| Remote::new(String::from_utf8_lossy(v.as_bytes()).into_owned()))
     }
 
+    /// The body as the JSON type `T`, or an error that names the step and the request, quotes
+    /// the start of the answer (redacted) and says what to do.
     pub fn json<T: serde::de::DeserializeOwned>(&self, what: &str) -> Result<T> {
         serde_json::from_slice(&self.body).map_err(|e| {
+            // serde's message quotes the offending value, which is the server's text too.
+            let why = Remote::new(e.to_string());
+            let body = Remote::from_body(&self.body);
+            let quoted = if body.is_empty() {
+                "an empty body".to_string()
+            } else {
+                body.excerpt(QUOTED_CHARS)
+            };
             Error::input(format!(
-                "{what}: the Hub's answer is not what l3kit expects ({e}): {}",
-                snippet(&self.body)
+                "{what}: the Hub's answer to {} is not what l3kit expects ({why}): {quoted}; \
+                 check that --endpoint names a Hugging Face Hub and run again (report it if it \
+                 persists)",
+                self.request
             ))
         })
     }
 
     /// The server's own explanation: the `X-Error-Message` header, else the JSON body's
-    /// `error` (or `message`) field, else the start of the body.
-    pub fn server_message(&self) -> Option<String> {
-        if let Some(m) = self.header("x-error-message") {
-            return Some(m.to_string());
+    /// `error` (or `message`) field, else the body.
+    pub fn server_message(&self) -> Option<Remote> {
+        if let Some(m) = self.header("x-error-message").filter(|m| !m.is_empty()) {
+            return Some(m);
         }
         if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&self.body) {
             for key in ["error", "message"] {
                 if let Some(s) = v.get(key).and_then(|e| e.as_str()) {
-                    return Some(s.to_string());
+                    return Some(Remote::new(s));
                 }
             }
         }
-        let s = snippet(&self.body);
-        (!s.is_empty()).then_some(s)
+        let body = Remote::from_body(&self.body);
+        (!body.is_empty()).then_some(body)
+    }
+
+    /// `METHOD URL` of the request this answers.
+    pub fn request(&self) -> &Remote {
+        &self.request
+    }
+
+    /// Whether the body was cut at [`MAX_ERROR_REPLY_BYTES`].
+    pub fn truncated(&self) -> bool {
+        self.truncated
     }
 }
 
-/// The first 300 characters of a body, on one line.
-pub(crate) fn snippet(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(body);
-    let one_line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    let mut s: String = one_line.chars().take(300).collect();
-    if one_line.chars().count() > 300 {
-        s.push_str("...");
-    }
-    s
-}
-
-/// Counts bytes as reqwest reads the body and moves the progress bars along.
-struct CountingReader<R> {
-    inner: R,
+/// Reads `len` bytes of a file from `offset` with positioned reads (the handle is shared
+/// between retries, so it has no cursor of its own), counting them and moving the bars.
+struct FileReader {
+    path: PathBuf,
+    file: Arc<File>,
+    pos: u64,
+    end: u64,
     bars: Vec<ProgressBar>,
     read: Arc<AtomicU64>,
 }
 
-impl<R: Read> Read for CountingReader<R> {
+impl Read for FileReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
+        let left = self.end.saturating_sub(self.pos);
+        let want = (buf.len() as u64).min(left) as usize;
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self
+            .file
+            .read_at(&mut buf[..want], self.pos)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", self.path.display())))?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!(
+                    "{}: became shorter while it was sent; run the upload again",
+                    self.path.display()
+                ),
+            ));
+        }
+        self.pos += n as u64;
         self.read.fetch_add(n as u64, Ordering::Relaxed);
         for b in &self.bars {
             b.inc(n as u64);
@@ -202,9 +257,12 @@ impl Http {
         if is_loopback(endpoint) {
             builder = builder.no_proxy();
         }
-        let client = builder
-            .build()
-            .map_err(|e| Error::input(format!("cannot set up the HTTP client: {e}")))?;
+        let client = builder.build().map_err(|e| {
+            Error::input(format!(
+                "cannot set up the HTTP client: {}",
+                Remote::new(e.to_string())
+            ))
+        })?;
         Ok(Http {
             client,
             origin: origin(endpoint),
@@ -219,14 +277,6 @@ impl Http {
         self.token.as_ref()
     }
 
-    /// `text` with the token removed.
-    pub fn redact(&self, text: &str) -> String {
-        match &self.token {
-            Some(t) => t.redact(text),
-            None => text.to_string(),
-        }
-    }
-
     /// Whether `url` is on the Hub's own origin (only those requests carry the token; LFS
     /// storage URLs are pre-signed and must not see it).
     pub fn is_hub(&self, url: &str) -> bool {
@@ -237,7 +287,9 @@ impl Http {
 
     /// Send a request, repeating it on connection errors and transient statuses up to the
     /// retry policy; the final reply is returned whatever its status. With `auth` the token
-    /// goes along, but only to the Hub's own origin. `what` names the step for error messages.
+    /// goes along, but only to the Hub's own origin. `what` names the step for error messages;
+    /// `kind` decides how much of a successful reply's body is read.
+    #[allow(clippy::too_many_arguments)]
     pub fn send(
         &mut self,
         method: Method,
@@ -245,6 +297,7 @@ impl Http {
         headers: &[(String, String)],
         payload: &Payload,
         auth: bool,
+        kind: ReplyKind,
         what: &str,
     ) -> Result<Reply> {
         let with_token = auth && self.is_hub(url);
@@ -252,7 +305,7 @@ impl Http {
         loop {
             self.traffic.requests += 1;
             let sent = Arc::new(AtomicU64::new(0));
-            let result = self.attempt(&method, url, headers, payload, with_token, &sent);
+            let result = self.attempt(&method, url, headers, payload, with_token, kind, &sent);
             self.traffic.bytes_sent += match payload {
                 Payload::File { .. } => sent.load(Ordering::Relaxed),
                 _ => payload.len(),
@@ -261,7 +314,7 @@ impl Http {
                 Ok(reply) if is_transient_status(reply.status) => {
                     let after = reply
                         .header("retry-after")
-                        .and_then(|s| s.trim().parse::<u64>().ok())
+                        .and_then(|s| s.protocol().trim().parse::<u64>().ok())
                         .map(Duration::from_secs);
                     Some(after.unwrap_or_else(|| self.retry.delay(retry)))
                 }
@@ -274,12 +327,15 @@ impl Http {
                 _ => {
                     return result.map_err(|e| {
                         let attempts = retry + 1;
-                        Error::input(self.redact(&format!(
+                        // The URL may be a storage URL the server chose, and a transport error
+                        // may quote what the server sent: all of it is the server's text.
+                        let text = Remote::new(format!(
                             "{what}: {method} {} failed after {attempts} attempt{}: {}",
                             strip_query(url),
                             if attempts == 1 { "" } else { "s" },
                             error_chain(&e)
-                        )))
+                        ));
+                        Error::input(text.to_string())
                     });
                 }
             };
@@ -295,6 +351,7 @@ impl Http {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn attempt(
         &self,
         method: &Method,
@@ -302,6 +359,7 @@ impl Http {
         headers: &[(String, String)],
         payload: &Payload,
         with_token: bool,
+        kind: ReplyKind,
         sent: &Arc<AtomicU64>,
     ) -> std::result::Result<Reply, AttemptError> {
         let body_time = Duration::from_secs(payload.len() / MIN_RATE_BYTES_PER_SEC);
@@ -323,36 +381,68 @@ impl Http {
                 .body(data.to_vec()),
             Payload::File {
                 path,
+                file,
                 offset,
                 len,
                 bars,
             } => {
-                let mut f = std::fs::File::open(path)
-                    .map_err(|e| AttemptError::Local(format!("{}: {e}", path.display())))?;
-                f.seek(SeekFrom::Start(*offset))
-                    .map_err(|e| AttemptError::Local(format!("{}: {e}", path.display())))?;
-                let reader = CountingReader {
-                    inner: f.take(*len),
+                let end = offset
+                    .checked_add(*len)
+                    .ok_or_else(|| AttemptError::Local("a part past the end of the file".into()))?;
+                let reader = FileReader {
+                    path: path.clone(),
+                    file: file.clone(),
+                    pos: *offset,
+                    end,
                     bars: bars.to_vec(),
                     read: sent.clone(),
                 };
                 req.body(Body::sized(reader, *len))
             }
         };
-        let resp = req.send().map_err(AttemptError::Http)?;
+        let mut resp = req.send().map_err(AttemptError::Http)?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
-        let body = resp.bytes().map_err(AttemptError::Http)?.to_vec();
+        let ok = (200..300).contains(&status);
+        let limit = if ok {
+            kind.limit()
+        } else {
+            MAX_ERROR_REPLY_BYTES
+        };
+        // One byte past the limit tells a body at the limit from a longer one; the rest is
+        // never read (the connection is dropped with the response).
+        let mut body = Vec::new();
+        (&mut resp)
+            .take(limit + 1)
+            .read_to_end(&mut body)
+            .map_err(AttemptError::Body)?;
+        let truncated = body.len() as u64 > limit;
+        if truncated {
+            if ok {
+                return Err(AttemptError::TooLarge { status, kind });
+            }
+            body.truncate(limit as usize);
+        }
         Ok(Reply {
             status,
             headers,
             body,
+            truncated,
+            request: Remote::new(format!("{method} {}", strip_query(url))),
         })
     }
 }
 
 pub(crate) enum AttemptError {
     Http(reqwest::Error),
+    /// The connection failed while the body was read.
+    Body(std::io::Error),
+    /// A successful reply whose body is longer than the limit for its kind: a misbehaving
+    /// server, not worth asking again.
+    TooLarge {
+        status: u16,
+        kind: ReplyKind,
+    },
     /// Reading the local file failed: not worth retrying.
     Local(String),
 }
@@ -364,7 +454,8 @@ fn is_transient_status(status: u16) -> bool {
 fn is_transient_error(e: &AttemptError) -> bool {
     match e {
         AttemptError::Http(e) => !(e.is_builder() || e.is_redirect() || e.is_decode()),
-        AttemptError::Local(_) => false,
+        AttemptError::Body(_) => true,
+        AttemptError::TooLarge { .. } | AttemptError::Local(_) => false,
     }
 }
 
@@ -373,6 +464,25 @@ fn is_transient_error(e: &AttemptError) -> bool {
 fn error_chain(e: &AttemptError) -> String {
     match e {
         AttemptError::Local(s) => s.clone(),
+        AttemptError::TooLarge { status, kind } => format!(
+            "the answer ({status}) is longer than the {} limit for {}, so l3kit stopped \
+             reading it; check that --endpoint names a Hugging Face Hub (a proxy or another \
+             server may be answering)",
+            super::card::human_bytes(kind.limit()),
+            kind.name()
+        ),
+        AttemptError::Body(e) => {
+            let mut parts = vec![format!("reading the answer: {e}")];
+            let mut source = std::error::Error::source(e);
+            while let Some(s) = source {
+                let text = s.to_string();
+                if !parts.iter().any(|p| p.contains(&text)) {
+                    parts.push(text);
+                }
+                source = s.source();
+            }
+            parts.join(": ")
+        }
         AttemptError::Http(e) => {
             let mut parts = Vec::new();
             let top = e.to_string();
@@ -433,17 +543,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn token_debug_and_redaction() {
-        let t = Token::new("  hf_secretvalue123\n").unwrap();
-        assert_eq!(format!("{t:?}"), "Token([redacted])");
-        assert_eq!(
-            t.redact("Bearer hf_secretvalue123 rejected"),
-            "Bearer [token] rejected"
-        );
-        assert!(Token::new("  ").is_none());
-    }
-
-    #[test]
     fn backoff_doubles_and_is_capped() {
         let p = RetryPolicy {
             max_retries: 10,
@@ -483,13 +582,5 @@ mod tests {
         ] {
             assert!(is_loopback(&Url::parse(l).unwrap()), "{l}");
         }
-    }
-
-    #[test]
-    fn snippet_is_short_and_one_line() {
-        let long = "a\n".repeat(400);
-        let s = snippet(long.as_bytes());
-        assert!(!s.contains('\n'));
-        assert!(s.ends_with("..."));
     }
 }

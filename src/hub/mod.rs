@@ -3,8 +3,10 @@
 //! The steps (see `docs/upload.md`):
 //!
 //! 1. refuse a folder that `inspect --check` rejects (nothing is sent);
-//! 2. list the folder's files (hidden names skipped) and, without a `README.md`, generate a
-//!    model card ([`card::model_card`]);
+//! 2. list the files to send: those the index lists and the known side files
+//!    ([`SIDE_FILES`]), each a regular file inside the folder (a link leading out is an error),
+//!    everything else reported as skipped; without a `README.md`, generate a model card
+//!    ([`card::model_card`]);
 //! 3. `POST /api/repos/create` (a 409 means the repository exists, which is fine);
 //! 4. `POST /api/models/{repo}/paths-info/{revision}`: what the Hub holds under those paths; a
 //!    file whose SHA-256 (LFS) or git blob id (regular) already matches is not sent again, and
@@ -19,19 +21,26 @@
 //!    (small ones base64 inline, large ones as `lfsFile` pointers).
 //!
 //! The token comes from `HF_TOKEN`, then `$HF_TOKEN_PATH`, then `$HF_HOME/token` (by default
-//! `~/.cache/huggingface/token`). It is sent only to the Hub's own origin, never printed, and
-//! scrubbed from every error message.
+//! `~/.cache/huggingface/token`). It is sent only to the Hub's own origin and never printed;
+//! everything the network sends back is [`Remote`] text, shown only redacted ([`redact`]).
+//! Every reply body is read only up to a limit for its kind ([`MAX_JSON_REPLY_BYTES`],
+//! [`MAX_STORAGE_REPLY_BYTES`], [`MAX_ERROR_REPLY_BYTES`]).
 pub mod card;
 pub mod http;
 
 mod files;
 mod lfs;
 mod protocol;
+mod redact;
 mod report;
 mod target;
 mod xet;
 
-pub use http::{RetryPolicy, Token, Traffic};
+pub use files::{is_side_file, SIDE_FILES};
+pub use http::{
+    RetryPolicy, Traffic, MAX_ERROR_REPLY_BYTES, MAX_JSON_REPLY_BYTES, MAX_STORAGE_REPLY_BYTES,
+};
+pub use redact::{redact, redact_error, Remote, Token, REDACTED};
 pub use target::{
     check_repo_id, resolve_endpoint, resolve_token, resolve_token_from, token_file_from,
 };
@@ -136,11 +145,20 @@ pub struct FileReport {
     pub action: Action,
 }
 
+/// What the Hub said about the commit: its text, shown (and serialised) only redacted.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct CommitReport {
-    pub oid: Option<String>,
-    pub url: Option<String>,
-    pub pull_request_url: Option<String>,
+    pub oid: Option<Remote>,
+    pub url: Option<Remote>,
+    pub pull_request_url: Option<Remote>,
+}
+
+/// A file of the folder that is not sent, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SkippedFile {
+    /// The path inside the folder (`/`-separated; a name that is not UTF-8 shown lossily).
+    pub path: String,
+    pub reason: String,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -158,13 +176,17 @@ pub struct UploadSummary {
     /// Whether this upload created the repository (`None` in a dry run).
     pub repo_created: Option<bool>,
     pub files: Vec<FileReport>,
+    /// Entries of the folder that are not sent (not listed by the index and not a side file,
+    /// hidden, links, FIFOs, ...), with the reason.
+    pub skipped: Vec<SkippedFile>,
     pub total_bytes: u64,
     /// Files sent (inline, LFS or Xet).
     pub sent_files: usize,
     pub sent_bytes: u64,
     /// Every file already matched what the Hub holds: no commit was made.
     pub nothing_changed: bool,
-    /// How large files travelled: `basic`, `multipart` (Git LFS) or `xet`.
+    /// How large files travelled: `basic`, `multipart` (Git LFS) or `xet` (l3kit's own names,
+    /// never the server's text).
     pub large_file_transfer: Option<String>,
     pub commit: Option<CommitReport>,
     /// l3kit's own requests (the Xet path's requests are made by hf-hub and not counted).
@@ -237,7 +259,7 @@ pub fn upload(opts: &UploadOptions, ui: &Ui) -> Result<UploadSummary> {
     let model = crate::formats::packed::PackedModel::open(&opts.dir)?;
 
     // 2. The files, and the model card when there is none.
-    let mut files = collect_files(&opts.dir, &model.index.metadata.sha256)?;
+    let (mut files, skipped) = collect_files(&opts.dir, &model.index.metadata.sha256)?;
     drop(model);
     let mut generated_readme = None;
     if !files.iter().any(|f| f.path == "README.md") {
@@ -252,6 +274,7 @@ pub fn upload(opts: &UploadOptions, ui: &Ui) -> Result<UploadSummary> {
             },
             source: Source::Generated(bytes),
             modified: None,
+            identity: None,
             large: false,
         });
         files.sort_by(|a, b| a.path.cmp(&b.path));
@@ -260,11 +283,14 @@ pub fn upload(opts: &UploadOptions, ui: &Ui) -> Result<UploadSummary> {
     if !files.iter().any(|f| f.path == INDEX_FILE) {
         return Err(Error::in_file(&opts.dir, format!("has no {INDEX_FILE}")));
     }
-    let total_bytes = files.iter().map(|f| f.size).sum();
+    let total_bytes = files
+        .iter()
+        .try_fold(0u64, |a, f| a.checked_add(f.size))
+        .ok_or_else(|| Error::in_file(&opts.dir, "the files' sizes add up past 2^64 bytes"))?;
 
     let token = match &opts.token {
         Some(t) => Some((t.clone(), "given".to_string())),
-        None => resolve_token(),
+        None => resolve_token()?,
     };
     let mut summary = UploadSummary {
         dir: opts.dir.clone(),
@@ -277,6 +303,7 @@ pub fn upload(opts: &UploadOptions, ui: &Ui) -> Result<UploadSummary> {
         token_source: token.as_ref().map(|(_, s)| s.clone()),
         repo_created: None,
         files: Vec::new(),
+        skipped,
         total_bytes,
         sent_files: 0,
         sent_bytes: 0,
@@ -360,6 +387,7 @@ mod tests {
             size: 6,
             sha256: String::new(),
             modified: None,
+            identity: None,
             large: false,
         };
         assert_eq!(
@@ -382,7 +410,11 @@ mod tests {
         let env = |vars: Vec<(&'static str, String)>| {
             move |k: &str| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone())
         };
-        let got = |e| resolve_token_from(e).map(|(t, src)| (t.secret().to_string(), src));
+        let got = |e| {
+            resolve_token_from(e)
+                .unwrap()
+                .map(|(t, src)| (t.secret().to_string(), src))
+        };
         assert_eq!(
             got(env(vec![
                 ("HF_TOKEN", "from-env".into()),

@@ -1,8 +1,11 @@
 //! The Hub's HTTP protocol for one upload: repository creation, paths-info, preupload, the commit, and the replies l3kit reads from them.
 
 use super::files::{check_unchanged, LocalFile};
-use super::http::{Http, Payload, Reply};
+use super::http::{
+    strip_query, Http, Payload, Reply, ReplyKind, MAX_ERROR_REPLY_BYTES, QUOTED_CHARS,
+};
 use super::lfs::{upload_basic, upload_multipart, verify_object};
+use super::redact::Remote;
 use super::report::{multi_progress, short};
 use super::*;
 use base64::Engine as _;
@@ -67,16 +70,26 @@ impl Session<'_> {
         utf8_percent_encode(self.revision)
     }
 
-    /// An error for a reply that is not 2xx: the step, the status, the server's message (token
-    /// scrubbed) and what to do.
+    /// An error for a reply that is not 2xx: the step, the request, the status, the start of
+    /// the server's message (redacted) and what to do.
     pub(crate) fn fail(&self, what: &str, reply: &Reply) -> Error {
         let server = reply
             .server_message()
-            .map(|m| format!(" ({})", self.http.redact(&m)))
+            .map(|m| format!(" ({})", m.excerpt(QUOTED_CHARS)))
             .unwrap_or_default();
+        let cut = if reply.truncated() {
+            format!(
+                " (the answer's body is longer than the {} l3kit reads of an error reply; the \
+                 rest was not read)",
+                card::human_bytes(MAX_ERROR_REPLY_BYTES)
+            )
+        } else {
+            String::new()
+        };
         let mut advice = advice(reply.status, self.repo, self.revision);
         if reply.status == 404 {
-            match reply.header("x-error-code") {
+            let code = reply.header("x-error-code");
+            match code.as_ref().map(Remote::protocol) {
                 Some("RevisionNotFound") => {
                     advice = format!(
                         "the revision {:?} does not exist in {}: create the branch first \
@@ -95,7 +108,8 @@ impl Session<'_> {
         }
         let sep = if advice.is_empty() { "" } else { ": " };
         Error::input(format!(
-            "{what}: the Hub answered {} {}{server}{sep}{advice}",
+            "{what} ({}): the Hub answered {} {}{server}{cut}{sep}{advice}",
+            reply.request(),
             reply.status,
             status_text(reply.status)
         ))
@@ -117,6 +131,7 @@ impl Session<'_> {
                 content_type: "application/json",
             },
             true,
+            ReplyKind::Json,
             what,
         )
     }
@@ -154,13 +169,16 @@ pub(crate) fn utf8_percent_encode(s: &str) -> String {
     out
 }
 
+// The replies l3kit reads. Every string in them is [`Remote`]: shown only redacted, and used
+// raw only through `Remote::protocol`.
+
 #[derive(Deserialize)]
 pub(crate) struct RemoteEntry {
     #[serde(rename = "type")]
-    pub(crate) kind: String,
-    pub(crate) path: String,
+    pub(crate) kind: Remote,
+    pub(crate) path: Remote,
     #[serde(default)]
-    pub(crate) oid: Option<String>,
+    pub(crate) oid: Option<Remote>,
     #[serde(default)]
     pub(crate) size: Option<u64>,
     #[serde(default)]
@@ -171,7 +189,7 @@ pub(crate) struct RemoteEntry {
 pub(crate) struct RemoteLfs {
     /// The Hub calls the SHA-256 `oid`; some clients' models call it `sha256`.
     #[serde(alias = "sha256")]
-    pub(crate) oid: Option<String>,
+    pub(crate) oid: Option<Remote>,
     #[serde(default)]
     pub(crate) size: Option<u64>,
 }
@@ -184,8 +202,8 @@ pub(crate) struct PreuploadReply {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct PreuploadFile {
-    pub(crate) path: String,
-    pub(crate) upload_mode: String,
+    pub(crate) path: Remote,
+    pub(crate) upload_mode: Remote,
     #[serde(default)]
     pub(crate) should_ignore: bool,
 }
@@ -193,14 +211,14 @@ pub(crate) struct PreuploadFile {
 #[derive(Deserialize)]
 pub(crate) struct BatchReply {
     #[serde(default)]
-    pub(crate) transfer: Option<String>,
+    pub(crate) transfer: Option<Remote>,
     #[serde(default)]
     pub(crate) objects: Vec<BatchObject>,
 }
 
 #[derive(Deserialize)]
 pub(crate) struct BatchObject {
-    pub(crate) oid: String,
+    pub(crate) oid: Remote,
     #[serde(default)]
     pub(crate) size: Option<u64>,
     #[serde(default)]
@@ -217,9 +235,33 @@ pub(crate) struct BatchActions {
 
 #[derive(Deserialize)]
 pub(crate) struct LfsAction {
-    pub(crate) href: String,
-    #[serde(default)]
-    pub(crate) header: BTreeMap<String, serde_json::Value>,
+    pub(crate) href: Remote,
+    /// Header names and values, in the order of the names (a string value as is, any other
+    /// JSON value as its JSON text).
+    #[serde(default, deserialize_with = "remote_map")]
+    pub(crate) header: Vec<(Remote, Remote)>,
+}
+
+impl LfsAction {
+    pub(crate) fn header(&self, name: &str) -> Option<&Remote> {
+        self.header
+            .iter()
+            .find(|(k, _)| k.protocol() == name)
+            .map(|(_, v)| v)
+    }
+}
+
+fn remote_map<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<(Remote, Remote)>, D::Error> {
+    let m = BTreeMap::<String, serde_json::Value>::deserialize(d)?;
+    Ok(m.into_iter()
+        .map(|(k, v)| {
+            let v = match v {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            };
+            (Remote::new(k), Remote::new(v))
+        })
+        .collect())
 }
 
 #[derive(Deserialize)]
@@ -227,25 +269,18 @@ pub(crate) struct BatchError {
     #[serde(default)]
     pub(crate) code: Option<i64>,
     #[serde(default)]
-    pub(crate) message: Option<String>,
+    pub(crate) message: Option<Remote>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct CommitReply {
     #[serde(default)]
-    pub(crate) commit_oid: Option<String>,
+    pub(crate) commit_oid: Option<Remote>,
     #[serde(default)]
-    pub(crate) commit_url: Option<String>,
+    pub(crate) commit_url: Option<Remote>,
     #[serde(default)]
-    pub(crate) pull_request_url: Option<String>,
-}
-
-pub(crate) fn header_text(v: &serde_json::Value) -> String {
-    match v {
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
+    pub(crate) pull_request_url: Option<Remote>,
 }
 
 /// Steps 3 to 7; returns each file's action, in `files` order.
@@ -294,10 +329,10 @@ pub(crate) fn run(
         if !reply.ok() {
             return Err(s.fail("reading the repository's files", &reply));
         }
-        let entries: Vec<RemoteEntry> = reply.json("paths-info")?;
+        let entries: Vec<RemoteEntry> = reply.json("reading the repository's files")?;
         for e in entries {
-            if e.kind == "file" {
-                remote.insert(e.path.clone(), e);
+            if e.kind.protocol() == "file" {
+                remote.insert(e.path.protocol().to_string(), e);
             }
         }
     }
@@ -308,11 +343,12 @@ pub(crate) fn run(
         let same = match &r.lfs {
             Some(lfs) => {
                 f.large = true;
-                lfs.oid.as_deref() == Some(f.sha256.as_str()) && lfs.size.or(r.size) == Some(f.size)
+                lfs.oid.as_ref().map(Remote::protocol) == Some(f.sha256.as_str())
+                    && lfs.size.or(r.size) == Some(f.size)
             }
             None => {
                 r.size.is_none_or(|n| n == f.size)
-                    && r.oid.as_deref() == Some(f.git_blob_id()?.as_str())
+                    && r.oid.as_ref().map(Remote::protocol) == Some(f.git_blob_id()?.as_str())
             }
         };
         if same {
@@ -353,9 +389,9 @@ pub(crate) fn run(
         if !reply.ok() {
             return Err(s.fail("asking the Hub how to send each file", &reply));
         }
-        let answer: PreuploadReply = reply.json("preupload")?;
+        let answer: PreuploadReply = reply.json("asking the Hub how to send each file")?;
         for f in answer.files {
-            modes.insert(f.path.clone(), f);
+            modes.insert(f.path.protocol().to_string(), f);
         }
     }
     let mut lfs_files = Vec::new();
@@ -364,7 +400,9 @@ pub(crate) fn run(
         let f = &mut files[i];
         let Some(m) = modes.get(&f.path) else {
             return Err(Error::input(format!(
-                "preupload: the Hub's answer does not mention {}",
+                "asking the Hub how to send each file (POST {}): the answer does not mention {}; \
+                 run again (report it if it persists)",
+                strip_query(&url),
                 f.path
             )));
         };
@@ -375,7 +413,20 @@ pub(crate) fn run(
                 .push(format!("{}: the Hub ignores this path; not sent", f.path));
             continue;
         }
-        f.large = m.upload_mode == "lfs" && f.size > 0;
+        f.large = match m.upload_mode.protocol() {
+            "lfs" => f.size > 0,
+            "regular" => false,
+            _ => {
+                return Err(Error::input(format!(
+                    "asking the Hub how to send each file (POST {}): the Hub wants {} sent as \
+                     {:?}, which l3kit does not know (it sends \"lfs\" and \"regular\" files); \
+                     check that --endpoint names a Hugging Face Hub",
+                    strip_query(&url),
+                    f.path,
+                    m.upload_mode.to_string()
+                )))
+            }
+        };
         if f.large {
             lfs_files.push(i);
         } else {
@@ -428,7 +479,7 @@ pub(crate) fn run(
             s.endpoint.as_str().trim_end_matches('/'),
             opts.repo
         );
-        let mut work: Vec<(BatchObject, String)> = Vec::new();
+        let mut work: Vec<BatchObject> = Vec::new();
         for chunk in objects.chunks(CHUNK) {
             let body = serde_json::json!({
                 "operation": "upload",
@@ -439,6 +490,7 @@ pub(crate) fn run(
             });
             let data = serde_json::to_vec(&body).expect("JSON values serialise");
             let headers = vec![("Accept".to_string(), LFS_MEDIA_TYPE.to_string())];
+            let what = "negotiating the large-file transfer (LFS batch)";
             let reply = s.http.send(
                 Method::POST,
                 &url,
@@ -448,53 +500,75 @@ pub(crate) fn run(
                     content_type: LFS_MEDIA_TYPE,
                 },
                 true,
-                "negotiating the large-file transfer",
+                ReplyKind::Json,
+                what,
             )?;
             if !reply.ok() {
-                return Err(s.fail("negotiating the large-file transfer (LFS batch)", &reply));
+                return Err(s.fail(what, &reply));
             }
-            let answer: BatchReply = reply.json("LFS batch")?;
-            let t = answer.transfer.unwrap_or_else(|| "basic".to_string());
+            let answer: BatchReply = reply.json(what)?;
+            let t: &'static str = match answer.transfer.as_ref().map(Remote::protocol) {
+                None | Some("basic") => "basic",
+                Some("multipart") => "multipart",
+                Some("xet") if opts.xet => "xet",
+                Some(_) => {
+                    return Err(Error::input(format!(
+                        "{what} (POST {url}): the Hub chose the transfer {:?}, which l3kit did \
+                         not offer (it offered {}); check that --endpoint names a Hugging Face \
+                         Hub{}",
+                        answer
+                            .transfer
+                            .as_ref()
+                            .map(Remote::to_string)
+                            .unwrap_or_default(),
+                        transfers.join(", "),
+                        if opts.xet { ", or try --no-xet" } else { "" }
+                    )))
+                }
+            };
+            transfer = Some(t);
             if t == "xet" {
-                transfer = Some(t);
                 break;
             }
-            if t != "basic" && t != "multipart" {
-                return Err(Error::input(format!(
-                    "LFS batch: the Hub chose the transfer {t:?}, which l3kit cannot speak"
-                )));
-            }
-            transfer = Some(t.clone());
             if let Some((missing, _)) = chunk
                 .iter()
-                .find(|(oid, _)| !answer.objects.iter().any(|o| &o.oid == oid))
+                .find(|(oid, _)| !answer.objects.iter().any(|o| o.oid.protocol() == oid))
             {
                 return Err(Error::input(format!(
-                    "LFS batch: the Hub's answer leaves out object {missing}"
+                    "{what} (POST {url}): the Hub's answer leaves out object {missing}; run \
+                     again (report it if it persists)"
                 )));
             }
             for o in answer.objects {
-                let Some(size) = chunk.iter().find(|(oid, _)| *oid == o.oid).map(|(_, n)| *n)
+                let Some(size) = chunk
+                    .iter()
+                    .find(|(oid, _)| oid == o.oid.protocol())
+                    .map(|(_, n)| *n)
                 else {
                     return Err(Error::input(format!(
-                        "LFS batch: the Hub answered for an object l3kit did not ask about ({})",
+                        "{what} (POST {url}): the Hub answered for an object l3kit did not ask \
+                         about ({}); check that --endpoint names a Hugging Face Hub",
                         o.oid
                     )));
                 };
                 if let Some(e) = &o.error {
-                    return Err(Error::input(s.http.redact(&format!(
-                        "LFS batch: the Hub refused object {} ({} bytes): {} {}",
+                    return Err(Error::input(format!(
+                        "{what} (POST {url}): the Hub refused object {} ({} bytes): {}{}; run \
+                         again, or try --no-xet (report it if it persists)",
                         o.oid,
                         o.size.unwrap_or(size),
-                        e.code.map(|c| c.to_string()).unwrap_or_default(),
-                        e.message.as_deref().unwrap_or("")
-                    ))));
+                        e.code.map(|c| format!("{c} ")).unwrap_or_default(),
+                        e.message
+                            .as_ref()
+                            .map(|m| m.excerpt(QUOTED_CHARS))
+                            .unwrap_or_default()
+                    )));
                 }
-                work.push((o, t.clone()));
+                work.push(o);
             }
         }
-        summary.large_file_transfer = transfer.clone();
-        if transfer.as_deref() == Some("xet") {
+        summary.large_file_transfer = transfer.map(str::to_string);
+        if transfer == Some("xet") {
             check_unchanged(files, &to_send)?;
             let send: Vec<&LocalFile> = to_send.iter().map(|&i| &files[i]).collect();
             let make_ui = *ui;
@@ -527,11 +601,11 @@ pub(crate) fn run(
             });
             return Ok(actions);
         }
-        for (object, _) in &work {
+        for object in &work {
             let idx: Vec<usize> = lfs_files
                 .iter()
                 .copied()
-                .filter(|&i| files[i].sha256 == object.oid)
+                .filter(|&i| files[i].sha256 == object.oid.protocol())
                 .collect();
             let f = &files[idx[0]];
             let Some(acts) = &object.actions else {
@@ -542,7 +616,7 @@ pub(crate) fn run(
             if let Some(up) = &acts.upload {
                 let bar = multi.add(ui.bytes(f.size, short(&f.path)));
                 let bars = [bar.clone(), overall.clone()];
-                if up.header.contains_key("chunk_size") {
+                if up.header("chunk_size").is_some() {
                     summary.large_file_transfer = Some("multipart".to_string());
                     upload_multipart(s, f, up, &bars)?;
                 } else {
@@ -604,6 +678,7 @@ pub(crate) fn run(
             content_type: "application/x-ndjson",
         },
         true,
+        ReplyKind::Json,
         "committing",
     )?;
     if !reply.ok() {
@@ -616,7 +691,12 @@ pub(crate) fn run(
         .sum();
     overall.inc(inline);
     overall.finish_and_clear();
-    let answer: CommitReply = reply.json("commit")?;
+    let answer: CommitReply = reply.json("committing").map_err(|e| {
+        Error::input(format!(
+            "{e}; the commit may have been made all the same: running the upload again sends \
+             only what is missing"
+        ))
+    })?;
     summary.sent_files = to_send.len();
     summary.sent_bytes = send_total;
     summary.commit = Some(CommitReport {

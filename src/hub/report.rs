@@ -12,6 +12,14 @@ pub(crate) fn multi_progress(ui: &Ui) -> MultiProgress {
     }
 }
 
+/// A file name for the terminal: control characters (a name can hold escape sequences) shown
+/// as `?`.
+fn printable(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
 pub(crate) fn short(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
 }
@@ -36,7 +44,7 @@ impl UploadSummary {
         let width = self
             .files
             .iter()
-            .map(|f| f.path.len())
+            .map(|f| printable(&f.path).len())
             .max()
             .unwrap_or(4)
             .max(4);
@@ -54,7 +62,7 @@ impl UploadSummary {
             let _ = writeln!(
                 s,
                 "  {:<width$}  {:>11}  {how}{}",
-                f.path,
+                printable(&f.path),
                 card::human_bytes(f.bytes),
                 if f.generated {
                     " (generated model card)"
@@ -62,6 +70,25 @@ impl UploadSummary {
                     ""
                 }
             );
+        }
+        if !self.skipped.is_empty() {
+            let _ = writeln!(
+                s,
+                "  not sent ({}; upload sends only the files the index lists and the side \
+                 files, see docs/upload.md):",
+                self.skipped.len()
+            );
+            const SHOWN: usize = 50;
+            for k in self.skipped.iter().take(SHOWN) {
+                let _ = writeln!(s, "    {}  ({})", printable(&k.path), k.reason);
+            }
+            if self.skipped.len() > SHOWN {
+                let _ = writeln!(
+                    s,
+                    "    ... and {} more (--json lists them all)",
+                    self.skipped.len() - SHOWN
+                );
+            }
         }
         let large = self.files.iter().filter(|f| f.large).count();
         let _ = writeln!(

@@ -5,6 +5,7 @@
 //! retry budget, the progress bars and the error messages (token scrubbed).
 
 use super::http::{RetryPolicy, Token};
+use super::redact::Remote;
 use super::{Action, LocalFile, Source};
 use crate::util::error::{Error, Result};
 use hf_hub::progress::{ProgressEvent, ProgressHandler, UploadEvent};
@@ -28,9 +29,9 @@ pub(crate) struct XetCommit<'a> {
 }
 
 pub(crate) struct XetResult {
-    pub commit_oid: Option<String>,
-    pub commit_url: Option<String>,
-    pub pull_request_url: Option<String>,
+    pub commit_oid: Option<Remote>,
+    pub commit_url: Option<Remote>,
+    pub pull_request_url: Option<Remote>,
     /// For each file: uploaded through Xet (large) or inline.
     pub actions: Vec<Action>,
 }
@@ -84,7 +85,6 @@ pub(crate) fn commit(
     overall: &ProgressBar,
     make_bar: impl Fn(u64, &str) -> ProgressBar + Send + Sync + 'static,
 ) -> Result<XetResult> {
-    let redact = |s: String| x.token.redact(&s);
     let mut builder = reqwest::Client::builder()
         .user_agent(super::http::user_agent())
         .connect_timeout(x.timeout)
@@ -92,9 +92,12 @@ pub(crate) fn commit(
     if reqwest::Url::parse(x.endpoint).is_ok_and(|u| super::http::is_loopback(&u)) {
         builder = builder.no_proxy();
     }
-    let http = builder
-        .build()
-        .map_err(|e| Error::input(format!("cannot set up the HTTP client: {e}")))?;
+    let http = builder.build().map_err(|e| {
+        Error::input(format!(
+            "cannot set up the HTTP client: {}",
+            Remote::new(e.to_string())
+        ))
+    })?;
     let client = HFClientBuilder::new()
         .endpoint(x.endpoint)
         .token(x.token.secret())
@@ -103,14 +106,22 @@ pub(crate) fn commit(
         .retry_max_attempts(x.retry.max_retries as usize)
         .retry_base_delay(x.retry.base_delay)
         .build_sync()
-        .map_err(|e| Error::input(redact(format!("cannot set up the hf-hub client: {e}"))))?;
+        .map_err(|e| {
+            Error::input(format!(
+                "cannot set up the hf-hub client: {}",
+                Remote::new(e.to_string())
+            ))
+        })?;
     let (owner, name) = x.repo.split_once('/').unwrap_or(("", x.repo));
     let repo = client.model(owner, name);
     let ops: Vec<CommitOperation> = x
         .files
         .iter()
         .map(|f| match &f.source {
-            Source::File(p) => CommitOperation::add_file(f.path.clone(), p.clone()),
+            // hf-hub opens the file by its path: the check that it is a regular file inside the
+            // folder was made when it was listed, and its size and modification time were
+            // checked again just before this hand-over.
+            Source::File { path, .. } => CommitOperation::add_file(f.path.clone(), path.clone()),
             Source::Generated(bytes) => CommitOperation::add_bytes(f.path.clone(), bytes.clone()),
         })
         .collect();
@@ -130,9 +141,9 @@ pub(crate) fn commit(
         .send()
         .map_err(|e| map_error(e, x))?;
     Ok(XetResult {
-        commit_oid: info.commit_oid,
-        commit_url: info.commit_url,
-        pull_request_url: info.pr_url,
+        commit_oid: info.commit_oid.map(Remote::new),
+        commit_url: info.commit_url.map(Remote::new),
+        pull_request_url: info.pr_url.map(Remote::new),
         actions: x
             .files
             .iter()
@@ -142,9 +153,9 @@ pub(crate) fn commit(
 }
 
 /// hf-hub's error as an l3kit error, with the same advice as the LFS path gives for the same
-/// status, and the token scrubbed from every piece of text.
+/// status; its text (which quotes the server) is shown redacted.
 fn map_error(e: HFError, x: &XetCommit) -> Error {
-    let text = x.token.redact(&e.to_string());
+    let text = Remote::new(e.to_string());
     let status = match &e {
         HFError::AuthRequired { context }
         | HFError::Forbidden { context }

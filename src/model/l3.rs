@@ -1,14 +1,15 @@
 //! The reference L3 forward pass, written with candle.
 //!
 //! One implementation covers every dialect through [`L3Config`] (tied or separate K and V,
-//! RMSNorm with or without weights, replace or lambda-add residual, score scale, key norm):
+//! RMSNorm with or without weights, replace, lambda-add or plain add residual, score scale,
+//! key norm):
 //!
 //! ```text
 //! q   = RMSNorm_in(x)
 //! s   = softmax(score_scale * K_t q)      over token t's d_t rows only
 //! a   = V_t^T s
 //! u   = RMSNorm_out(W_up a)
-//! out = W_mix [u ; x]                     then x <- out, or x <- x + lambda * out
+//! out = W_mix [u ; x]                     then x <- out, x <- x + lambda * out, or x <- x + out
 //! ```
 //!
 //! The per-token attention is computed once per *distinct* token for all positions holding it,
@@ -246,7 +247,17 @@ impl L3Layer {
         let out = Tensor::cat(&[&u, x], 1)?.matmul(&self.w_mix.t()?)?;
         match self.cfg.semantics.residual {
             Residual::Replace => Ok(out),
-            Residual::AddLambda => x + (out * self.cfg.lambda.unwrap_or(1.0) as f64)?,
+            Residual::AddLambda => {
+                // A missing lambda is not 1: that is the `add` residual, a different model.
+                let lambda = self.cfg.lambda.ok_or_else(|| {
+                    candle_core::Error::Msg(
+                        "the add-lambda residual needs the layer's lambda, and none was loaded"
+                            .into(),
+                    )
+                })?;
+                x + (out * lambda as f64)?
+            }
+            Residual::Add => x + out,
         }
     }
 }

@@ -24,6 +24,7 @@ use crate::formats::packed::{
 use crate::formats::packed::{CONFIG_FILE, INDEX_FILE};
 use crate::util::atomic_file::StagingDir;
 use crate::util::error::{Error, IoContext, Result};
+use crate::util::fs::{check_output, limits, read_small, OutputKind};
 use crate::util::progress::Ui;
 use crate::util::safetensors_file as st;
 use safetensors::Dtype;
@@ -34,7 +35,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// Small files beside a checkpoint that travel with the packed model.
+/// Small files beside a checkpoint that travel with the packed model unchanged. The
+/// training run's own metadata (`meta_*.json`, see [`is_run_metadata`]) travels too, and
+/// `config.json` is carried over with an `l3` section added.
 const COMPANION_FILES: &[&str] = &[
     "tokenizer.json",
     "tokenizer_config.json",
@@ -43,6 +46,22 @@ const COMPANION_FILES: &[&str] = &[
     "vocab.json",
     "merges.txt",
 ];
+
+/// Is `name` a training run's metadata file (nanochat's `meta_000100.json`: the step and the
+/// `model_config` needed to rebuild the whole model)?
+pub fn is_run_metadata(name: &str) -> bool {
+    name.strip_prefix("meta_")
+        .and_then(|r| r.strip_suffix(".json"))
+        .is_some_and(|mid| !mid.is_empty() && !mid.contains('/'))
+}
+
+/// The read limit for a companion file (tokenizers can be large; the rest are small JSON).
+fn companion_limit(name: &str) -> u64 {
+    match name {
+        "tokenizer.json" | "vocab.json" | "merges.txt" => limits::TOKENIZER,
+        _ => limits::CONFIG,
+    }
+}
 /// Bytes of output prepared per step while streaming a table.
 const CHUNK_BYTES: usize = 8 << 20;
 
@@ -105,10 +124,26 @@ pub struct LayerSummary {
     pub conversion_error: Option<ConversionError>,
 }
 
+/// Where the packed allocation came from.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct AllocationSource {
+    /// `checkpoint` (the layers' own bounds buffers), `file` (`--allocation`), or `beside`
+    /// (the checkpoint folder's `allocation.safetensors`, used because the checkpoint has no
+    /// bounds of its own).
+    pub from: String,
+    pub path: Option<PathBuf>,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct PackSummary {
     pub out: PathBuf,
     pub dialect: String,
+    /// The residual mode (`replace`, `add_lambda`, `add`).
+    pub residual: String,
+    pub allocation: AllocationSource,
+    /// Files carried over from the checkpoint folder (`config.json` with an `l3` section
+    /// added, the rest byte for byte).
+    pub carried: Vec<String>,
     pub dtype: TableDtype,
     pub vocab_size: u64,
     pub layers: Vec<LayerSummary>,
@@ -252,7 +287,15 @@ fn split_parts(bounds: &[i64], row_bytes: u64, max_bytes: u64) -> Vec<(u64, u64)
 /// Pack a checkpoint.
 pub fn pack(opts: &PackOptions, ui: &Ui) -> Result<PackSummary> {
     let started = Instant::now();
-    let staging = StagingDir::create(&opts.out, opts.force)?;
+    let mut inputs = vec![opts.source.as_path()];
+    inputs.extend(opts.map.as_deref());
+    inputs.extend(opts.allocation.as_deref());
+    check_output(&opts.out, &inputs, OutputKind::Folder, "--out")?;
+    if opts.other_dtype == Some(TableDtype::Int8) {
+        return Err(Error::input(
+            "--other-dtype int8 is not supported: only L3 tables are quantised",
+        ));
+    }
     let ckpt = Checkpoint::open(&opts.source)?;
     let (detected, allocation) = detect_source(
         &ckpt,
@@ -262,6 +305,23 @@ pub fn pack(opts: &PackOptions, ui: &Ui) -> Result<PackSummary> {
     )?;
     let bounds = resolve_bounds(&ckpt, &detected, allocation.as_ref())?;
     let vocab = (bounds[0].len() - 1) as u64;
+    let allocation_source = match (&allocation, &opts.allocation) {
+        (None, _) => AllocationSource {
+            from: "checkpoint".into(),
+            path: None,
+        },
+        (Some((p, _)), Some(_)) => AllocationSource {
+            from: "file".into(),
+            path: Some(p.clone()),
+        },
+        (Some((p, _)), None) => AllocationSource {
+            from: "beside".into(),
+            path: Some(p.clone()),
+        },
+    };
+    // Read the files carried over before writing anything, so a bad one fails early.
+    let carried = read_carried(&ckpt)?;
+    let staging = StagingDir::create(&opts.out, opts.force)?;
 
     let source_dtype = ckpt.get(&detected.layers[0].keys).expect("resolved").dtype;
     let dtype = opts.dtype.unwrap_or(table_dtype_of(source_dtype));
@@ -289,11 +349,6 @@ pub fn pack(opts: &PackOptions, ui: &Ui) -> Result<PackSummary> {
             _ => d,
         }
     };
-    if opts.other_dtype == Some(TableDtype::Int8) {
-        return Err(Error::input(
-            "--other-dtype int8 is not supported: only L3 tables are quantised",
-        ));
-    }
 
     // Plan the dense shards.
     let mut dense_shards: Vec<Vec<Planned>> = Vec::new();
@@ -590,13 +645,16 @@ pub fn pack(opts: &PackOptions, ui: &Ui) -> Result<PackSummary> {
             max_abs_error: stats.max_abs_error,
             relative_l2_error: stats.relative_l2(),
         });
+        // The config records the lambda as stored in the dense shards, after any
+        // --other-dtype conversion, so the two never disagree.
         let lambda = match &layer.lambda {
             Some((name, index)) => {
                 let info = ckpt.get(name).expect("resolved");
-                let bytes = ckpt.read_all(name)?;
-                let mut vals = Vec::new();
-                convert::decode_f32(info.float_dtype()?, &bytes, &mut vals);
-                vals.get(*index).map(|v| *v as f64)
+                let stored = other_dtype(info.dtype);
+                let size = convert::float_size(info.dtype).expect("checked float");
+                let mut bytes = Vec::new();
+                ckpt.read_range(name, index * size, size, &mut bytes)?;
+                Some(stored_value(info.dtype, stored, &bytes))
             }
             None => None,
         };
@@ -690,35 +748,24 @@ pub fn pack(opts: &PackOptions, ui: &Ui) -> Result<PackSummary> {
         layers,
     };
 
-    // Companion files travel along (tokenizer, generation config).
-    if let Some(folder) = ckpt.folder() {
-        for name in COMPANION_FILES {
-            let src = folder.join(name);
-            if src.is_file() {
-                let dst = staging.tmp.join(name);
-                std::fs::copy(&src, &dst).with_path(&src)?;
-                files.push(FileSummary {
-                    file: name.to_string(),
-                    bytes: std::fs::metadata(&dst).with_path(&dst)?.len(),
-                    sha256: crate::util::fs::sha256_file(&dst)?,
-                });
-            }
-        }
+    // Companion files and the run's metadata travel along unchanged.
+    let mut carried_names = Vec::new();
+    for (name, bytes) in &carried.files {
+        let dst = staging.tmp.join(name);
+        std::fs::write(&dst, bytes).with_path(&dst)?;
+        files.push(FileSummary {
+            file: name.clone(),
+            bytes: bytes.len() as u64,
+            sha256: hex::encode(Sha256::digest(bytes)),
+        });
+        carried_names.push(name.clone());
     }
     // config.json: the source's, with an `l3` section.
-    let mut model_config = serde_json::Map::new();
-    if let Some(folder) = ckpt.folder() {
-        let src = folder.join(CONFIG_FILE);
-        if src.is_file() {
-            let text = std::fs::read_to_string(&src).with_path(&src)?;
-            match serde_json::from_str::<serde_json::Value>(&text) {
-                Ok(serde_json::Value::Object(m)) => model_config = m,
-                _ => {
-                    return Err(Error::in_file(&src, "is not a JSON object"));
-                }
-            }
-        }
+    let mut model_config = carried.config.clone().unwrap_or_default();
+    if carried.config.is_some() {
+        carried_names.push(CONFIG_FILE.to_string());
     }
+    carried_names.sort();
     model_config.insert(
         "l3".to_string(),
         serde_json::to_value(&config).expect("config serialises"),
@@ -755,7 +802,10 @@ pub fn pack(opts: &PackOptions, ui: &Ui) -> Result<PackSummary> {
     let bytes_written = files.iter().map(|f| f.bytes).sum();
     Ok(PackSummary {
         out: opts.out.clone(),
+        residual: detected.semantics.residual.name().to_string(),
         dialect: detected.dialect,
+        allocation: allocation_source,
+        carried: carried_names,
         dtype,
         vocab_size: vocab,
         layers: summaries,
@@ -768,9 +818,107 @@ pub fn pack(opts: &PackOptions, ui: &Ui) -> Result<PackSummary> {
     })
 }
 
+/// What a checkpoint folder hands to its packed folder.
+struct Carried {
+    /// `config.json` as a JSON object.
+    config: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Files copied byte for byte, by name (sorted).
+    files: Vec<(String, Vec<u8>)>,
+}
+
+/// Read `config.json`, the companion files and the run's `meta_*.json` from the checkpoint
+/// folder, each through the folder's link rule and bounded by its size limit.
+fn read_carried(ckpt: &Checkpoint) -> Result<Carried> {
+    let mut files = Vec::new();
+    let names = ckpt.folder_names()?;
+    let wanted = COMPANION_FILES
+        .iter()
+        .map(|s| s.to_string())
+        .chain(names.iter().filter(|n| is_run_metadata(n)).cloned());
+    for name in wanted {
+        if let Some(src) = ckpt.companion(&name)? {
+            let what = if is_run_metadata(&name) {
+                "a training metadata file"
+            } else {
+                "a companion file"
+            };
+            let bytes = read_small(&src, companion_limit(&name), what)?;
+            if name.ends_with(".json") {
+                serde_json::from_slice::<serde::de::IgnoredAny>(&bytes)
+                    .map_err(|e| Error::in_file(&src, format!("is not valid JSON: {e}")))?;
+            }
+            files.push((name, bytes));
+        }
+    }
+    files.sort_by(|a, b| a.0.cmp(&b.0));
+    let config = match ckpt.companion(CONFIG_FILE)? {
+        Some(src) => {
+            let bytes = read_small(&src, limits::CONFIG, "a config file")?;
+            match serde_json::from_slice::<serde_json::Value>(&bytes) {
+                Ok(serde_json::Value::Object(m)) => Some(m),
+                Ok(other) => {
+                    return Err(Error::in_file(
+                        &src,
+                        format!(
+                            "is {}, not a JSON object",
+                            crate::util::json::json_kind(&other)
+                        ),
+                    ))
+                }
+                Err(e) => return Err(Error::in_file(&src, format!("is not valid JSON: {e}"))),
+            }
+        }
+        None => None,
+    };
+    Ok(Carried { config, files })
+}
+
+/// A float element of dtype `src` (little-endian `bytes`) as it reads after being stored as
+/// `stored` (the same conversion the dense shards go through).
+fn stored_value(src: Dtype, stored: Dtype, bytes: &[u8]) -> f64 {
+    if src == stored && src == Dtype::F64 {
+        return f64::from_le_bytes(bytes.try_into().expect("8 bytes"));
+    }
+    // Only float lambdas reach here (their dtype is checked where they are resolved).
+    let (Some(from), Some(to)) = (convert::FloatDtype::of(src), convert::FloatDtype::of(stored))
+    else {
+        return f64::NAN;
+    };
+    let mut v = Vec::new();
+    convert::decode_f32(from, bytes, &mut v);
+    if src == stored {
+        return v[0] as f64;
+    }
+    let mut out = Vec::new();
+    convert::encode_f32(stored, &v, &mut out);
+    let mut back = Vec::new();
+    convert::decode_f32(to, &out, &mut back);
+    back[0] as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn run_metadata_names() {
+        assert!(is_run_metadata("meta_000100.json"));
+        assert!(!is_run_metadata("meta_.json"));
+        assert!(!is_run_metadata("meta_1.json.bak"));
+        assert!(!is_run_metadata("model_000100.json"));
+    }
+
+    #[test]
+    fn stored_values_follow_the_conversion() {
+        let x = 0.3f32;
+        let b = x.to_le_bytes();
+        assert_eq!(stored_value(Dtype::F32, Dtype::F32, &b), x as f64);
+        let bf = half::bf16::from_f32(x).to_f32() as f64;
+        assert_eq!(stored_value(Dtype::F32, Dtype::BF16, &b), bf);
+        assert_ne!(bf, x as f64);
+        let d = 0.1f64.to_le_bytes();
+        assert_eq!(stored_value(Dtype::F64, Dtype::F64, &d), 0.1);
+    }
 
     #[test]
     fn parts_split_at_token_boundaries() {

@@ -9,13 +9,15 @@
 
 pub mod lzw;
 
-use crate::corpus::{RawBatch, ReadOptions};
-use crate::formats::profile::content_hash;
+use crate::corpus::{
+    RawBatch, ReadEnd, ReadOptions, DEFAULT_MAX_SEQUENCE_BYTES, MAX_SEQUENCE_BYTES_LIMIT,
+};
+use crate::formats::profile::{content_hash, MAX_VOCAB};
 pub use crate::formats::profile::{
     IdSplit, InputFormat, InputRecord, LzwVariant, Profile, ProfileMeta, RecordedOptions,
 };
 pub use crate::formats::tokenizer::load_tokenizer;
-use crate::util::error::{Error, IoContext, Result};
+use crate::util::error::{Error, Result};
 use crate::util::progress::Ui;
 use lzw::{LzwDictionary, ScanError};
 use rayon::prelude::*;
@@ -41,6 +43,8 @@ pub struct ProfileOptions {
     /// ends with the last sequence that still fits.
     pub max_tokens: Option<u64>,
     pub variant: LzwVariant,
+    /// The longest sequence accepted, in bytes of input (see [`ReadOptions`]).
+    pub max_sequence_bytes: usize,
 }
 
 impl ProfileOptions {
@@ -55,6 +59,7 @@ impl ProfileOptions {
             split: None,
             max_tokens: None,
             variant: LzwVariant::Reference,
+            max_sequence_bytes: DEFAULT_MAX_SEQUENCE_BYTES,
         }
     }
 }
@@ -81,11 +86,59 @@ struct TokenBatch {
     offsets: Vec<usize>,
 }
 
+/// What flows down the pipeline, in corpus order. Errors travel in order with the data, so a
+/// run that meets its token budget before the point of an error never reports it, however
+/// far ahead the reader ran.
+enum Msg<B> {
+    Batch(B),
+    /// An id reader found that the next sequence cannot fit the token budget.
+    Budget,
+    Failed(Error),
+}
+
 struct ScanResult {
     dict: LzwDictionary,
     unigram: Vec<u64>,
     sequences: u64,
     tokens: u64,
+}
+
+/// The vocabulary size of the run: the tokenizer's, `--vocab-size`, or both when they agree.
+fn vocabulary(
+    tokenizer: Option<(&tokenizers::Tokenizer, &std::path::Path)>,
+    vocab_size: Option<u32>,
+) -> Result<u32> {
+    if let Some(v) = vocab_size {
+        if v == 0 || v > MAX_VOCAB {
+            return Err(Error::input(format!(
+                "--vocab-size {v} is out of range: a vocabulary has 1 to {MAX_VOCAB} tokens \
+                 (a profile holds 24 bytes per token, seen or not)"
+            )));
+        }
+    }
+    let Some((tok, path)) = tokenizer else {
+        return vocab_size.ok_or_else(|| {
+            Error::input(
+                "give --tokenizer tokenizer.json (or --vocab-size for pre-tokenised input)",
+            )
+        });
+    };
+    let size = tok.get_vocab_size(true);
+    let tv = u32::try_from(size)
+        .ok()
+        .filter(|&v| (1..=MAX_VOCAB).contains(&v))
+        .ok_or_else(|| {
+            Error::in_file(
+                path,
+                format!("the tokenizer has {size} tokens; l3kit profiles 1 to {MAX_VOCAB}"),
+            )
+        })?;
+    match vocab_size {
+        Some(v) if v != tv => Err(Error::input(format!(
+            "--vocab-size {v} disagrees with the tokenizer's vocabulary size {tv}"
+        ))),
+        _ => Ok(tv),
+    }
 }
 
 /// Tokenise and scan the corpus.
@@ -94,31 +147,27 @@ pub fn run(opts: &ProfileOptions, ui: &Ui) -> Result<(Profile, ProfileSummary)> 
     if opts.inputs.is_empty() {
         return Err(Error::input("no input files given"));
     }
+    if opts.max_tokens == Some(0) {
+        return Err(Error::input("--max-tokens must be at least 1"));
+    }
+    if !(1..=MAX_SEQUENCE_BYTES_LIMIT).contains(&opts.max_sequence_bytes) {
+        return Err(Error::input(format!(
+            "--max-sequence-bytes {} is out of range: 1 byte to {MAX_SEQUENCE_BYTES_LIMIT} bytes \
+             (1 GiB)",
+            opts.max_sequence_bytes
+        )));
+    }
     let tokenizer = match &opts.tokenizer {
         Some(path) => Some(load_tokenizer(path)?),
         None => None,
     };
-    let vocab = match (&tokenizer, opts.vocab_size) {
-        (Some((tok, _)), Some(v)) => {
-            let tv = tok.get_vocab_size(true) as u32;
-            if tv != v {
-                return Err(Error::input(format!(
-                    "--vocab-size {v} disagrees with the tokenizer's vocabulary size {tv}"
-                )));
-            }
-            v
-        }
-        (Some((tok, _)), None) => tok.get_vocab_size(true) as u32,
-        (None, Some(v)) => v,
-        (None, None) => {
-            return Err(Error::input(
-                "give --tokenizer tokenizer.json (or --vocab-size for pre-tokenised input)",
-            ))
-        }
-    };
-    if vocab == 0 {
-        return Err(Error::input("the vocabulary size must be at least 1"));
-    }
+    let vocab = vocabulary(
+        tokenizer
+            .as_ref()
+            .map(|(t, _)| t)
+            .zip(opts.tokenizer.as_deref()),
+        opts.vocab_size,
+    )?;
 
     let mut plan = Vec::new();
     let mut total_bytes = 0u64;
@@ -127,10 +176,7 @@ pub fn run(opts: &ProfileOptions, ui: &Ui) -> Result<(Profile, ProfileSummary)> 
             Some(f) => f,
             None => InputFormat::infer(path)?,
         };
-        let meta = std::fs::metadata(path).with_path(path)?;
-        if meta.is_dir() {
-            return Err(Error::in_file(path, "is a folder, not a file"));
-        }
+        let bytes = crate::corpus::check_input(path, format)?;
         if !format.is_pretokenised() && tokenizer.is_none() {
             return Err(Error::in_file(
                 path,
@@ -143,129 +189,140 @@ pub fn run(opts: &ProfileOptions, ui: &Ui) -> Result<(Profile, ProfileSummary)> 
                 "pre-tokenised input needs --separator ID or --seq-len N",
             ));
         }
-        total_bytes += meta.len();
-        plan.push((path.clone(), format, meta.len()));
+        total_bytes = total_bytes.saturating_add(bytes);
+        plan.push((path.clone(), format, bytes));
     }
 
     let read_opts = ReadOptions {
         field: opts.field.clone(),
         split: opts.split,
         vocab,
+        max_sequence_bytes: opts.max_sequence_bytes,
+        max_ids: None,
     };
     let progress_bytes = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let bar = ui.bytes(total_bytes, "profile");
 
-    let (raw_tx, raw_rx) = crossbeam_channel::bounded::<RawBatch>(2);
-    let (tok_tx, tok_rx) = crossbeam_channel::bounded::<TokenBatch>(2);
+    let (raw_tx, raw_rx) = crossbeam_channel::bounded::<Msg<RawBatch>>(2);
+    let (tok_tx, tok_rx) = crossbeam_channel::bounded::<Msg<TokenBatch>>(2);
+    let max_tokens = opts.max_tokens;
 
     let reader = {
         let plan = plan.clone();
         let progress = progress_bytes.clone();
         let stop = stop.clone();
-        std::thread::spawn(move || -> Result<()> {
+        std::thread::spawn(move || {
+            // Tokens of the id files read so far: a lower bound on the sample so far (text
+            // is counted only once tokenised), so the budget left to an id file is never
+            // underestimated.
+            let mut id_tokens = 0u64;
             for (path, format, _) in &plan {
                 if stop.load(Ordering::Relaxed) {
-                    break;
+                    return;
                 }
-                crate::corpus::read_file(path, *format, &read_opts, &progress, &mut |batch| {
-                    !stop.load(Ordering::Relaxed) && raw_tx.send(batch).is_ok()
-                })?;
+                let file_opts = ReadOptions {
+                    max_ids: max_tokens.map(|m| m.saturating_sub(id_tokens)),
+                    ..read_opts.clone()
+                };
+                let mut emit = |batch: RawBatch| {
+                    if let RawBatch::Ids { flat, .. } = &batch {
+                        id_tokens += flat.len() as u64;
+                    }
+                    !stop.load(Ordering::Relaxed) && raw_tx.send(Msg::Batch(batch)).is_ok()
+                };
+                let end = crate::corpus::read_file(path, *format, &file_opts, &progress, &mut emit);
+                match end {
+                    Ok(ReadEnd::Complete) => {}
+                    Ok(ReadEnd::Stopped) => return,
+                    Ok(ReadEnd::Budget) => {
+                        let _ = raw_tx.send(Msg::Budget);
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = raw_tx.send(Msg::Failed(e));
+                        return;
+                    }
+                }
             }
-            Ok(())
         })
     };
 
+    // Dropped by the scanner when it ends: wakes this thread even while the reader is stuck
+    // in a read (a pipe whose writer stalls after the budget was met).
+    let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
     let scanner = {
         let stop = stop.clone();
-        let max_tokens = opts.max_tokens;
         let variant = opts.variant;
         std::thread::spawn(move || -> Result<ScanResult> {
-            let mut dict = LzwDictionary::new(vocab, variant)?;
-            let mut unigram = vec![0u64; vocab as usize];
-            let mut sequences = 0u64;
-            let mut tokens = 0u64;
-            'batches: for batch in tok_rx.iter() {
-                for (i, w) in batch.offsets.windows(2).enumerate() {
-                    let seq = &batch.flat[w[0]..w[1]];
-                    if let Some(limit) = max_tokens {
-                        if tokens + seq.len() as u64 > limit {
-                            stop.store(true, Ordering::Relaxed);
-                            break 'batches;
-                        }
-                    }
-                    match dict.scan(seq) {
-                        Ok(()) => {}
-                        Err(ScanError::OutOfRange(e)) => {
-                            return Err(Error::input(format!(
-                                "{}: token id {} at position {} of the sequence is not below the vocabulary size {vocab}",
-                                batch.origin.describe(i),
-                                e.token,
-                                e.position
-                            )))
-                        }
-                        Err(ScanError::Full(e)) => return Err(e),
-                    }
-                    for &t in seq {
-                        unigram[t as usize] += 1;
-                    }
-                    sequences += 1;
-                    tokens += seq.len() as u64;
-                }
-            }
-            Ok(ScanResult {
-                dict,
-                unigram,
-                sequences,
-                tokens,
-            })
+            let result = scan_batches(tok_rx, vocab, variant, max_tokens);
+            // Whatever ended the scan, the reader need not go on.
+            stop.store(true, Ordering::Relaxed);
+            drop(done_tx);
+            result
         })
     };
 
     // Tokenise on this thread (rayon spreads each batch over all cores).
-    let mut tokenise_error = None;
-    for batch in raw_rx.iter() {
-        let batch = match batch {
-            RawBatch::Ids {
-                origin,
-                flat,
-                offsets,
-            } => TokenBatch {
-                origin,
-                flat,
-                offsets,
+    loop {
+        let msg = crossbeam_channel::select! {
+            recv(raw_rx) -> msg => match msg {
+                Ok(msg) => msg,
+                Err(_) => break, // the reader is done
             },
-            RawBatch::Text { origin, texts } => {
+            recv(done_rx) -> _ => break, // the scanner is done
+        };
+        let (out, last) = match msg {
+            Msg::Batch(RawBatch::Ids {
+                origin,
+                flat,
+                offsets,
+            }) => (
+                Msg::Batch(TokenBatch {
+                    origin,
+                    flat,
+                    offsets,
+                }),
+                false,
+            ),
+            Msg::Batch(RawBatch::Text { origin, texts }) => {
                 let (tok, _) = tokenizer.as_ref().expect("checked above");
-                match tokenise(tok, &origin, &texts, opts.add_special_tokens) {
-                    Ok((flat, offsets)) => TokenBatch {
-                        origin,
-                        flat,
-                        offsets,
-                    },
-                    Err(e) => {
-                        tokenise_error = Some(e);
-                        stop.store(true, Ordering::Relaxed);
+                let (flat, offsets, failed) =
+                    tokenise(tok, &origin, &texts, opts.add_special_tokens);
+                // The sequences before a failure come first: the budget may end the sample
+                // before the failure is reached.
+                let batch = TokenBatch {
+                    origin,
+                    flat,
+                    offsets,
+                };
+                if let Some(e) = failed {
+                    if tok_tx.send(Msg::Batch(batch)).is_err() {
                         break;
                     }
+                    (Msg::Failed(e), true)
+                } else {
+                    (Msg::Batch(batch), false)
                 }
             }
+            Msg::Budget => (Msg::Budget, true),
+            Msg::Failed(e) => (Msg::Failed(e), true),
         };
         bar.set_position(progress_bytes.load(Ordering::Relaxed));
-        if tok_tx.send(batch).is_err() {
-            break; // the scanner stopped (max tokens or an error)
+        if tok_tx.send(out).is_err() || last {
+            break; // the scanner stopped (the budget, or an error), or nothing follows
         }
     }
     drop(raw_rx);
     drop(tok_tx);
-    let read_result = reader.join().expect("reader thread does not panic");
-    let scan_result = scanner.join().expect("scanner thread does not panic");
+    let scan_result = scanner.join();
     bar.finish_and_clear();
-    if let Some(e) = tokenise_error {
-        return Err(e);
+    // A reader still blocked in a read (a stalled pipe) has nothing the result needs: it is
+    // left to end on its own, at its next read or with the process. Its sends fail from now.
+    if reader.is_finished() && reader.join().is_err() {
+        return Err(Error::Other("the corpus reader thread failed".into()));
     }
-    let scan = scan_result?;
-    read_result?;
+    let scan = scan_result.map_err(|_| Error::Other("the LZW scanner thread failed".into()))??;
 
     if scan.tokens == 0 {
         let names: Vec<_> = opts
@@ -324,13 +381,70 @@ pub fn run(opts: &ProfileOptions, ui: &Ui) -> Result<(Profile, ProfileSummary)> 
     Ok((profile, summary))
 }
 
+/// The scanner: the LZW scan and the unigram count over the batches in corpus order, until
+/// the input ends, the budget is met or an error arrives.
+fn scan_batches(
+    rx: crossbeam_channel::Receiver<Msg<TokenBatch>>,
+    vocab: u32,
+    variant: LzwVariant,
+    max_tokens: Option<u64>,
+) -> Result<ScanResult> {
+    let mut dict = LzwDictionary::new(vocab, variant)?;
+    let mut unigram = vec![0u64; vocab as usize];
+    let mut sequences = 0u64;
+    let mut tokens = 0u64;
+    'batches: for msg in rx.iter() {
+        let batch = match msg {
+            Msg::Batch(b) => b,
+            Msg::Budget => break,
+            Msg::Failed(e) => return Err(e),
+        };
+        for (i, w) in batch.offsets.windows(2).enumerate() {
+            let seq = &batch.flat[w[0]..w[1]];
+            let after = tokens.saturating_add(seq.len() as u64);
+            if max_tokens.is_some_and(|limit| after > limit) {
+                break 'batches;
+            }
+            match dict.scan(seq) {
+                Ok(()) => {}
+                Err(ScanError::OutOfRange(e)) => {
+                    return Err(Error::input(format!(
+                        "{}: token id {} at position {} of the sequence is not below the \
+                         vocabulary size {vocab}",
+                        batch.origin.describe(i),
+                        e.token,
+                        e.position
+                    )))
+                }
+                Err(ScanError::Full(e)) => return Err(e),
+            }
+            for &t in seq {
+                unigram[t as usize] += 1;
+            }
+            sequences += 1;
+            tokens = after;
+            if max_tokens == Some(tokens) {
+                break 'batches; // the budget is met: read no further
+            }
+        }
+    }
+    Ok(ScanResult {
+        dict,
+        unigram,
+        sequences,
+        tokens,
+    })
+}
+
+/// Tokenise a batch in parallel. A failure ends the batch: the sequences before it are
+/// returned with the error, which names the line.
 fn tokenise(
     tok: &tokenizers::Tokenizer,
     origin: &crate::corpus::Origin,
     texts: &[String],
     add_special_tokens: bool,
-) -> Result<(Vec<u32>, Vec<usize>)> {
-    let encoded: Vec<Vec<u32>> = texts
+) -> (Vec<u32>, Vec<usize>, Option<Error>) {
+    let encoded: Vec<Result<Vec<u32>>> = texts
         .par_iter()
         .enumerate()
         .map(|(i, text)| {
@@ -340,15 +454,20 @@ fn tokenise(
                     Error::input(format!("{}: tokenisation failed: {e}", origin.describe(i)))
                 })
         })
-        .collect::<Result<_>>()?;
+        .collect();
     let mut offsets = Vec::with_capacity(encoded.len() + 1);
     offsets.push(0);
-    let mut flat = Vec::with_capacity(encoded.iter().map(Vec::len).sum());
+    let mut flat = Vec::with_capacity(encoded.iter().map(|r| r.as_ref().map_or(0, Vec::len)).sum());
     for ids in encoded {
-        flat.extend_from_slice(&ids);
-        offsets.push(flat.len());
+        match ids {
+            Ok(ids) => {
+                flat.extend_from_slice(&ids);
+                offsets.push(flat.len());
+            }
+            Err(e) => return (flat, offsets, Some(e)),
+        }
     }
-    Ok((flat, offsets))
+    (flat, offsets, None)
 }
 
 /// Shannon entropy of a count vector, in bits.

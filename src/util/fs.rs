@@ -57,6 +57,37 @@ pub fn kind_of(meta: &Metadata) -> &'static str {
 /// The open uses `O_NONBLOCK`, so a FIFO cannot make it wait; the type check is made on the
 /// opened descriptor, so swapping the path between a check and the open changes nothing.
 pub fn open_regular(path: &Path) -> Result<File> {
+    let (file, meta) = open_nonblocking(path)?;
+    if !meta.is_file() {
+        return Err(Error::in_file(
+            path,
+            format!("is {}, not a regular file", kind_of(&meta)),
+        ));
+    }
+    set_blocking(&file);
+    Ok(file)
+}
+
+/// Open `path` for reading as a regular file or a FIFO (a named pipe, or a pipe such as the
+/// `/dev/fd/N` of a shell's `<(command)`), refusing devices, sockets and folders.
+///
+/// The open never blocks. A regular file is returned ready for ordinary reads; a FIFO is
+/// returned still in non-blocking mode, so the caller decides how long to wait for a writer
+/// and for data.
+pub fn open_regular_or_fifo(path: &Path) -> Result<(File, Metadata)> {
+    let (file, meta) = open_nonblocking(path)?;
+    if meta.is_file() {
+        set_blocking(&file);
+    } else if !meta.file_type().is_fifo() {
+        return Err(Error::in_file(
+            path,
+            format!("is {}, not a regular file or a FIFO", kind_of(&meta)),
+        ));
+    }
+    Ok((file, meta))
+}
+
+fn open_nonblocking(path: &Path) -> Result<(File, Metadata)> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
@@ -66,14 +97,12 @@ pub fn open_regular(path: &Path) -> Result<File> {
             _ => Error::io(path, e),
         })?;
     let meta = file.metadata().with_path(path)?;
-    if !meta.is_file() {
-        return Err(Error::in_file(
-            path,
-            format!("is {}, not a regular file", kind_of(&meta)),
-        ));
-    }
-    // Regular files ignore O_NONBLOCK, but clear it anyway so reads behave as usual.
-    // SAFETY: fcntl on a descriptor this function owns; no memory is passed.
+    Ok((file, meta))
+}
+
+/// Clear `O_NONBLOCK` on a descriptor opened by this module, so reads wait for data again.
+fn set_blocking(file: &File) {
+    // SAFETY: fcntl on a descriptor the caller owns; no memory is passed.
     unsafe {
         use std::os::fd::AsRawFd;
         let fd = file.as_raw_fd();
@@ -82,7 +111,6 @@ pub fn open_regular(path: &Path) -> Result<File> {
             libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
         }
     }
-    Ok(file)
 }
 
 /// The metadata of a regular file at `path` (symlinks followed), or an error naming what the

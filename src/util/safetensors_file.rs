@@ -132,7 +132,7 @@ pub struct MappedSafetensors {
 
 impl MappedSafetensors {
     pub fn open(path: &Path) -> Result<Self> {
-        // A FIFO would block the open forever, and a device cannot be mapped meaningfully.
+        // Never a FIFO (File::open would wait for a writer forever) or a device.
         let file = crate::util::fs::open_regular(path)?;
         // SAFETY: the map is read-only; l3kit never writes the files it reads while mapped.
         // A file truncated by someone else meanwhile would fault, which is the accepted risk

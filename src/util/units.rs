@@ -26,6 +26,10 @@ pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
     if bytes < 1.0 {
         return Err(format!("{s:?} is too small"));
     }
+    // 2^64 and up would saturate to u64::MAX instead of being refused.
+    if bytes >= u64::MAX as f64 {
+        return Err(format!("{s:?} is too large (at most 2^64 - 1 bytes)"));
+    }
     Ok(bytes as u64)
 }
 
@@ -57,5 +61,7 @@ mod tests {
         assert_eq!(parse_size("4096").unwrap(), 4096);
         assert!(parse_size("lots").is_err());
         assert!(parse_size("5XB").is_err());
+        assert!(parse_size("99999999999999999999999").is_err());
+        assert!(parse_size("20000000TB").is_err());
     }
 }

@@ -392,7 +392,13 @@ fn belong_together(source: &LoadedModel, packed: &LoadedModel, opts: &VerifyOpti
                 s.name
             )));
         }
-        if a.semantics.residual == Residual::AddLambda && a.lambda != b.lambda {
+        // A packed config records the lambda as stored, which `--other-dtype` may have
+        // rounded to bf16 or f16 (a relative step of at most 2^-8): that is the same lambda.
+        let same_lambda = match (a.lambda, b.lambda) {
+            (Some(x), Some(y)) => (x - y).abs() <= x.abs().max(y.abs()) * 2f32.powi(-8),
+            (x, y) => x == y,
+        };
+        if a.semantics.residual == Residual::AddLambda && !same_lambda {
             return Err(mismatch(format!("layer {}: lambda differs", s.name)));
         }
         if s.tables.bounds() != p.tables.bounds() {

@@ -109,22 +109,34 @@ pub fn check_compatible(
     Ok(())
 }
 
+/// A codeword mass as a 64-bit figure. A profile that passed [`Profile::read`] has at most
+/// 2 codeword counts per phrase and a phrase per two tokens, so its mass fits; one built
+/// otherwise is refused rather than printed wrong.
+fn mass64(mass: u128, path: &Path) -> Result<u64> {
+    u64::try_from(mass).map_err(|_| {
+        Error::in_file(
+            path,
+            format!("the codeword counts add up to {mass}, more than 64 bits hold"),
+        )
+    })
+}
+
 fn figures(
     rows: &[u32],
     profile: &Profile,
     path: &Path,
     contexts: &Contexts,
     row_bytes: Option<u64>,
-) -> ProfileFigures {
+) -> Result<ProfileFigures> {
     let cov = contexts.coverage(rows);
     let e = expected_rows(rows, &profile.unigram);
-    ProfileFigures {
+    Ok(ProfileFigures {
         profile: path.display().to_string(),
         tokens: profile.meta.tokens,
         codewords: profile.codewords.len() as u64,
         coverage: cov.fraction(),
-        covered_mass: cov.covered.min(u64::MAX as u128) as u64,
-        total_mass: cov.total.min(u64::MAX as u128) as u64,
+        covered_mass: mass64(cov.covered, path)?,
+        total_mass: mass64(cov.total, path)?,
         expected_rows: e,
         expected_bytes_per_token: e.zip(row_bytes).map(|(e, b)| e * b as f64),
         seen_tokens_with_one_row: rows
@@ -132,7 +144,7 @@ fn figures(
             .zip(&profile.unigram)
             .filter(|(&r, &u)| r == 1 && u > 0)
             .count() as u64,
-    }
+    })
 }
 
 /// Evaluate `alloc` on a held-out profile (and, optionally, the training profile).
@@ -156,13 +168,16 @@ pub fn evaluate(
     let rows = alloc.rows_vec();
     let max_rows = rows.iter().copied().max().unwrap_or(1);
     let limit = max_rows as u64 - 1;
-    let row_bytes = shape.map(|s| s.dtype.row_bytes(s.d_in, s.d_emb, s.tied));
+    let (row_bytes, layer_bytes) = match shape {
+        Some(s) => (Some(s.row_bytes()?), Some(s.layer_bytes(alloc.n_emb())?)),
+        None => (None, None),
+    };
     let held_ctx = Contexts::from_profile(heldout, limit)?;
-    let held = figures(&rows, heldout, heldout_path, &held_ctx, row_bytes);
+    let held = figures(&rows, heldout, heldout_path, &held_ctx, row_bytes)?;
     let train_figures = match train {
         Some((p, path)) => {
             let ctx = Contexts::from_profile(p, limit)?;
-            Some(figures(&rows, p, path, &ctx, row_bytes))
+            Some(figures(&rows, p, path, &ctx, row_bytes)?)
         }
         None => None,
     };
@@ -186,22 +201,24 @@ pub fn evaluate(
     let starved = lost
         .into_iter()
         .take(top)
-        .map(|(m, t)| StarvedToken {
-            id: t as u32,
-            text: tokenizer.and_then(|tok| tok.decode(&[t as u32], false).ok()),
-            rows: rows[t],
-            heldout_count: heldout.unigram[t],
-            heldout_rank: rank[t],
-            train_count: train.map(|(p, _)| p.unigram[t]),
-            heldout_contexts: held_ctx.token_contexts(t),
-            uncovered_mass: m.min(u64::MAX as u128) as u64,
-            uncovered_share: if total == 0 {
-                0.0
-            } else {
-                m as f64 / total as f64
-            },
+        .map(|(m, t)| -> Result<StarvedToken> {
+            Ok(StarvedToken {
+                id: t as u32,
+                text: tokenizer.and_then(|tok| tok.decode(&[t as u32], false).ok()),
+                rows: rows[t],
+                heldout_count: heldout.unigram[t],
+                heldout_rank: rank[t],
+                train_count: train.map(|(p, _)| p.unigram[t]),
+                heldout_contexts: held_ctx.token_contexts(t),
+                uncovered_mass: mass64(m, heldout_path)?,
+                uncovered_share: if total == 0 {
+                    0.0
+                } else {
+                    m as f64 / total as f64
+                },
+            })
         })
-        .collect();
+        .collect::<Result<_>>()?;
     Ok(EvaluationReport {
         allocation: AllocationInfo {
             path: alloc_path.display().to_string(),
@@ -211,7 +228,7 @@ pub fn evaluate(
             k_max: alloc.meta.k_max,
             max_rows,
             bytes_per_row: row_bytes,
-            bytes_per_layer: row_bytes.map(|b| b * alloc.n_emb()),
+            bytes_per_layer: layer_bytes,
         },
         heldout: held,
         train: train_figures,

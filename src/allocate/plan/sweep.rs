@@ -11,7 +11,7 @@
 use super::contexts::Contexts;
 use super::plot::{self, FrontierPanel, RankSeries, Series};
 use super::{Optimality, Planner};
-use crate::allocate::methods::{self as allocate, check_budget, FillPolicy};
+use crate::allocate::methods::{self as allocate, n_emb_for_ratio, FillPolicy};
 use crate::allocate::report::LayerShape;
 use crate::formats::allocation::expected_rows;
 use crate::formats::profile::Profile;
@@ -26,6 +26,13 @@ use std::time::Instant;
 
 /// The paper's memory budget: 710K rows for a 180K vocabulary.
 pub const PAPER_ROWS_PER_TOKEN: f64 = 3.9;
+
+/// The most n_emb values (`--rows-per-token`) one sweep takes.
+pub const MAX_GRID: usize = 64;
+/// The most automatic budgets per n_emb (`--budgets`).
+pub const MAX_BUDGETS: usize = 200;
+/// The most explicit E[d_t] budgets (`--mean-rows`).
+pub const MAX_MEAN_ROWS: usize = 200;
 
 #[derive(Clone, Debug)]
 pub struct PlanOptions {
@@ -159,16 +166,32 @@ impl Eval<'_> {
     }
 }
 
-fn n_emb_for(ratio: f64, vocab: usize, k_max: u32) -> Result<u64> {
-    if !ratio.is_finite() || ratio <= 0.0 {
+fn n_emb_for(ratio: f64, vocab: usize, k_max: u32, flag: &str) -> Result<u64> {
+    n_emb_for_ratio(ratio, vocab as u64, k_max, flag)
+}
+
+/// Refuse a sweep whose size is out of bounds before any work: every job is a solve that
+/// takes up to about a second at a vocabulary of 256K.
+fn check_sweep_size(opts: &PlanOptions) -> Result<()> {
+    if opts.rows_per_token.len() > MAX_GRID {
         return Err(Error::input(format!(
-            "--rows-per-token {ratio} must be a positive number"
+            "--rows-per-token has {} values; a sweep takes at most {MAX_GRID}",
+            opts.rows_per_token.len()
         )));
     }
-    let n = (ratio * vocab as f64).round() as u64;
-    check_budget(vocab as u64, n, k_max)
-        .map_err(|e| Error::input(format!("--rows-per-token {ratio} (n_emb {n}): {e}")))?;
-    Ok(n)
+    if opts.mean_rows.is_empty() && !(2..=MAX_BUDGETS).contains(&opts.budgets) {
+        return Err(Error::input(format!(
+            "--budgets {} is out of range: 2 to {MAX_BUDGETS} budgets per n_emb",
+            opts.budgets
+        )));
+    }
+    if opts.mean_rows.len() > MAX_MEAN_ROWS {
+        return Err(Error::input(format!(
+            "--mean-rows has {} values; a sweep takes at most {MAX_MEAN_ROWS}",
+            opts.mean_rows.len()
+        )));
+    }
+    Ok(())
 }
 
 /// LZW rows at `n_emb`, filling with `fill` when the codewords run out.
@@ -226,9 +249,7 @@ pub fn plan(
     if opts.rows_per_token.is_empty() {
         return Err(Error::input("give at least one --rows-per-token value"));
     }
-    if opts.mean_rows.is_empty() && opts.budgets < 2 {
-        return Err(Error::input("--budgets must be at least 2"));
-    }
+    check_sweep_size(opts)?;
     if train.meta.tokens == 0 {
         return Err(Error::in_file(train_path, "the profile has no tokens"));
     }
@@ -252,20 +273,28 @@ pub fn plan(
     ratios.dedup();
     let n_embs: Vec<u64> = ratios
         .iter()
-        .map(|&r| n_emb_for(r, vocab, k_max))
+        .map(|&r| n_emb_for(r, vocab, k_max, "--rows-per-token"))
         .collect::<Result<_>>()?;
-    let paper_n = n_emb_for(opts.paper_rows_per_token, vocab, k_max)?;
-    std::fs::create_dir_all(&opts.out).with_path(&opts.out)?;
+    let paper_n = n_emb_for(
+        opts.paper_rows_per_token,
+        vocab,
+        k_max,
+        "--paper-rows-per-token",
+    )?;
+    let row_bytes = opts.shape.row_bytes()?;
+    let largest = n_embs
+        .iter()
+        .copied()
+        .chain([paper_n])
+        .max()
+        .unwrap_or(paper_n);
+    opts.shape.layer_bytes(largest)?;
 
     let planner = Planner::from_profile(train, k_max)?;
     let held_ctx = match heldout {
         Some((h, _)) => Some(Contexts::from_profile(h, k_max as u64 - 1)?),
         None => None,
     };
-    let row_bytes = opts
-        .shape
-        .dtype
-        .row_bytes(opts.shape.d_in, opts.shape.d_emb, opts.shape.tied);
     let eval = Eval {
         planner: &planner,
         heldout: held_ctx
@@ -287,6 +316,10 @@ pub fn plan(
         let (rows, filled) = lzw_rows(train, n, k_max, opts.fill);
         let mut p = eval.point("lzw", n, rows, None, k_max);
         p.lzw_fill_rows = filled;
+        // Only the rows plot needs rows (vocabulary-sized): keep them for its two points.
+        if n != paper_n {
+            p.rows = Vec::new();
+        }
         lzw_points.push(p);
     }
     let paper = lzw_points
@@ -335,9 +368,11 @@ pub fn plan(
     jobs.push((paper_n, plot_cap));
 
     let bar = ui.items(jobs.len() as u64, "plan");
+    let plot_job = jobs.len() - 1;
     let mut solved: Vec<PlanPoint> = jobs
         .par_iter()
-        .map(|&(n, cap)| {
+        .enumerate()
+        .map(|(i, &(n, cap))| {
             let opt = planner.solve_cap(n, Some(cap), None, super::DEFAULT_NODE_LIMIT)?;
             let mut p = eval.point(
                 "optimal",
@@ -348,6 +383,9 @@ pub fn plan(
             );
             p.lp_bound_coverage = opt.summary.lp_bound_coverage;
             p.optimality = Some(opt.summary.optimality);
+            if i != plot_job {
+                p.rows = Vec::new();
+            }
             bar.inc(1);
             Ok(p)
         })
@@ -368,12 +406,93 @@ pub fn plan(
     }
     points.extend(lzw_points.iter().cloned());
 
-    // Files.
+    // Files: written into a hidden folder beside the output and moved into it only once all
+    // are complete, so a failed run leaves the output folder as it was.
     let out = &opts.out;
-    let mut files = Vec::new();
+    let staging = StagingFolder::create(out)?;
+    let mut report = write_files(
+        train,
+        train_path,
+        heldout,
+        opts,
+        &staging.path,
+        &n_embs,
+        points,
+        paper,
+        same,
+        plot_point,
+        row_bytes,
+        vocab,
+        k_max,
+    )?;
+    staging.move_into(out)?;
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// The files `plan` writes into its folder.
+pub const PLAN_FILES: [&str; 6] = [
+    "plan.csv",
+    "plan.json",
+    "frontier.svg",
+    "frontier.png",
+    "rows.svg",
+    "rows.png",
+];
+
+/// A hidden folder beside `plan`'s output, removed unless its files were moved into place.
+struct StagingFolder {
+    path: PathBuf,
+}
+
+impl StagingFolder {
+    fn create(out: &Path) -> Result<Self> {
+        if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).with_path(parent)?;
+        }
+        let path = atomic_file::temp_sibling(out)?;
+        if path.exists() {
+            std::fs::remove_dir_all(&path).with_path(&path)?;
+        }
+        std::fs::create_dir(&path).with_path(&path)?;
+        Ok(StagingFolder { path })
+    }
+
+    fn move_into(self, out: &Path) -> Result<()> {
+        std::fs::create_dir_all(out).with_path(out)?;
+        for name in PLAN_FILES {
+            let dest = out.join(name);
+            std::fs::rename(self.path.join(name), &dest).with_path(&dest)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for StagingFolder {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_files(
+    train: &Profile,
+    train_path: &Path,
+    heldout: Option<(&Profile, &Path)>,
+    opts: &PlanOptions,
+    dir: &Path,
+    n_embs: &[u64],
+    points: Vec<PlanPoint>,
+    paper: PlanPoint,
+    same: Vec<PlanPoint>,
+    plot_point: PlanPoint,
+    row_bytes: u64,
+    vocab: usize,
+    k_max: u32,
+) -> Result<PlanReport> {
+    let out = dir;
     let csv_path = out.join("plan.csv");
     atomic_file::write_atomic(&csv_path, to_csv(&points).as_bytes())?;
-    files.push(csv_path);
     let mut report = PlanReport {
         train_profile: train_path.display().to_string(),
         heldout_profile: heldout.map(|(_, p)| p.display().to_string()),
@@ -389,10 +508,8 @@ pub fn plan(
         seconds: 0.0,
     };
     let json_path = out.join("plan.json");
-    files.push(json_path.clone());
     let (svg, png) = (out.join("frontier.svg"), out.join("frontier.png"));
-    plot::frontier(&frontier_panels(&report, &n_embs), &svg, &png)?;
-    files.extend([svg, png]);
+    plot::frontier(&frontier_panels(&report, n_embs), &svg, &png)?;
     let (svg, png) = (out.join("rows.svg"), out.join("rows.png"));
     let series = [
         RankSeries {
@@ -416,11 +533,13 @@ pub fn plan(
         paper.rows_per_token
     );
     plot::rank_rows(&caption, &series, &train.unigram, k_max, &svg, &png)?;
-    files.extend([svg, png]);
-    report.files = files.iter().map(|p| p.display().to_string()).collect();
+    // Where the files end up (the folder they are written in is a hidden staging one).
+    report.files = PLAN_FILES
+        .iter()
+        .map(|name| opts.out.join(name).display().to_string())
+        .collect();
     let json = serde_json::to_string_pretty(&report).expect("report serialises");
     atomic_file::write_atomic(&json_path, (json + "\n").as_bytes())?;
-    report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }
 

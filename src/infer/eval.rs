@@ -98,11 +98,8 @@ pub fn token_stream(
             })?;
             continue;
         }
-        let opts = ReadOptions {
-            field: field.map(str::to_string),
-            split: None,
-            vocab: 0,
-        };
+        let mut opts = ReadOptions::new(0);
+        opts.field = field.map(str::to_string);
         let mut failed = None;
         corpus::read_file(path, fmt, &opts, &progress, &mut |batch| {
             if let RawBatch::Text { origin, texts } = batch {

@@ -389,6 +389,14 @@ fn lambdas_must_exist_and_agree() {
         "l3.layers[1] (l3_layers.3).lambda",
         "add_lambda",
     ]);
+    // The unscaled residual with a lambda recorded: which of the two was trained?
+    let c = case(Kind::Nano);
+    c.edit_l3(|l3| l3["semantics"]["residual"] = json!("add"));
+    c.refused_everywhere(&[
+        "config.json",
+        "l3.layers[0] (l3_layers.1).lambda",
+        "residual is add",
+    ]);
     // A value the tensor does not hold.
     let c = case(Kind::Nano);
     c.edit_l3(|l3| l3["layers"][0]["lambda"] = json!(0.5));
@@ -598,7 +606,7 @@ fn integer_lambdas_in_a_source_checkpoint_are_an_error_not_a_panic() {
         "--out",
         &s(&out),
     ]);
-    assert_refused(&o, 2, &["l3_lambdas", "I32", "model.safetensors"]);
+    assert_refused(&o, 2, &["l3_lambdas", "I32", "int-lambdas"]);
     let o = run([
         "verify",
         "--source",
@@ -953,6 +961,11 @@ fn verify_names_the_profile_its_tokens_come_from() {
     let mut p = Profile::read(&right).unwrap();
     p.unigram = vec![0; 512];
     p.meta.tokens = 0;
+    (p.meta.phrases, p.meta.phrase_tokens) = (0, 0);
+    // Only the single tokens, never seen.
+    p.codewords.parents.truncate(512);
+    p.codewords.tokens.truncate(512);
+    p.codewords.counts = vec![0; 512];
     p.content_sha256 = l3kit::formats::profile::content_hash(&p.unigram, &p.codewords);
     let zero = c.root.join("zero.safetensors");
     p.write(&zero).unwrap();

@@ -89,7 +89,7 @@ pub(crate) fn cmd_verify(args: VerifyArgs, ui: &Ui, json: bool) -> Result<()> {
             println!("{line}");
             if let Some(r) = &l.after_residual {
                 println!(
-                    "       after the residual (x + lambda * delta): {}",
+                    "       after the residual: {}",
                     figure(r.max_abs_error, r.relative_l2_error, r.cosine_similarity)
                 );
             }

@@ -111,8 +111,9 @@ impl L3Layer {
     }
 
     /// The layer's own output `W_mix [u ; x]` for `hidden` [N, d_in], before any residual:
-    /// under the add-lambda residual the hidden state becomes `x + lambda * delta`. `verify`
-    /// measures packing errors on this, since adding `x` back dilutes them.
+    /// under the add-lambda residual the hidden state becomes `x + lambda * delta` (under
+    /// `add`, `x + delta`). `verify` measures packing errors on this, since adding `x` back
+    /// dilutes them.
     pub fn forward_delta(
         &self,
         hidden: &Tensor,

@@ -880,8 +880,10 @@ fn stored_value(src: Dtype, stored: Dtype, bytes: &[u8]) -> f64 {
         return f64::from_le_bytes(bytes.try_into().expect("8 bytes"));
     }
     // Only float lambdas reach here (their dtype is checked where they are resolved).
-    let (Some(from), Some(to)) = (convert::FloatDtype::of(src), convert::FloatDtype::of(stored))
-    else {
+    let (Some(from), Some(to)) = (
+        convert::FloatDtype::of(src),
+        convert::FloatDtype::of(stored),
+    ) else {
         return f64::NAN;
     };
     let mut v = Vec::new();

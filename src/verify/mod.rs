@@ -73,8 +73,8 @@ pub struct Comparison {
 pub struct LayerVerdict {
     pub name: String,
     /// What the checked figures measure: `output` (the layer's output, which replaces the
-    /// hidden state) or `delta` (the layer's own output before the add-lambda residual, whose
-    /// x would dilute the error).
+    /// hidden state) or `delta` (the layer's own output before an `add_lambda` or `add`
+    /// residual, whose x would dilute the error).
     pub measured: String,
     pub max_abs_error: f64,
     pub relative_l2_error: f64,
@@ -86,8 +86,8 @@ pub struct LayerVerdict {
     pub nonfinite_packed: u64,
     pub nonfinite_mismatches: u64,
     pub first_nonfinite_mismatch: Option<usize>,
-    /// For a residual layer, the same comparison after the residual (x + lambda * delta), for
-    /// information: the check is on the delta.
+    /// For a residual layer, the same comparison after the residual (x + lambda * delta, or
+    /// x + delta), for information: the check is on the delta.
     pub after_residual: Option<Comparison>,
     pub tolerance: f64,
     pub passed: bool,

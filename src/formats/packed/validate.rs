@@ -641,6 +641,13 @@ impl Validator<'_> {
                      its output to the hidden state and needs its lambda",
                 ));
             }
+            if self.c.semantics.residual == Residual::Add && l.lambda.is_some() {
+                return Err(self.bad(
+                    &value_field,
+                    "has a value, but semantics.residual is add, which adds the output \
+                     unscaled: a scaled residual is add_lambda",
+                ));
+            }
             let (name, index) = match (&l.params.lambda, l.lambda) {
                 (None, None) => continue,
                 (Some(_), None) => {

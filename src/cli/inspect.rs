@@ -25,7 +25,7 @@ pub(crate) struct InspectArgs {
 
 pub(crate) fn cmd_inspect(args: InspectArgs, ui: &Ui, json: bool) -> Result<()> {
     if args.check {
-        let report = l3kit::formats::packed::check_packed(&args.path, ui);
+        let report = l3kit::formats::packed::check_packed_folder(&args.path, ui);
         if json {
             print_json(&report);
         } else if report.ok() {

@@ -219,7 +219,7 @@ pub fn upload(opts: &UploadOptions, ui: &Ui) -> Result<UploadSummary> {
     let check = check_packed(&opts.dir, ui);
     if !check.ok() {
         let shown: Vec<&str> = check.problems.iter().take(5).map(String::as_str).collect();
-        return Err(Error::Check(format!(
+        let message = format!(
             "{}: not uploaded, `inspect --check` found {} problem(s): {}{}",
             opts.dir.display(),
             check.problems.len(),
@@ -229,7 +229,13 @@ pub fn upload(opts: &UploadOptions, ui: &Ui) -> Result<UploadSummary> {
             } else {
                 ""
             }
-        )));
+        );
+        // A folder that cannot be read as a packed model is bad input, not a failed check.
+        return Err(if check.bad_input {
+            Error::Input(message)
+        } else {
+            Error::Check(message)
+        });
     }
     if let Some(v) = &opts.verify {
         let mut v = v.clone();

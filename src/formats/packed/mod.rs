@@ -9,7 +9,9 @@ mod validate;
 
 pub use crate::formats::dtype::TableDtype;
 pub use crate::formats::semantics::{Residual, Semantics};
-pub use check::{check_packed, check_packed_model, open_checked, CheckReport, Hashes};
+pub use check::{
+    check_packed, check_packed_folder, check_packed_model, open_checked, CheckReport, Hashes,
+};
 pub use reader::{Index, IndexMetadata, PackedModel, PackedShards};
 pub use validate::DIALECTS;
 

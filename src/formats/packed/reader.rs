@@ -252,8 +252,8 @@ pub fn inside_folder(dir: &Path, path: &Path) -> Result<()> {
     Err(Error::in_file(
         path,
         format!(
-            "is a symbolic link to {}, outside the packed folder {}: a packed folder's files \
-             must stay inside it",
+            "is a symbolic link to {}, outside the folder {}: a packed folder's files must stay \
+             inside it (remove the link, or put the file itself there)",
             target.display(),
             dir.display()
         ),

@@ -13,6 +13,9 @@
 //! - opcodes a state dict never needs (extensions, out-of-band buffers, INST/OBJ).
 //!
 //! Errors are returned as text with the byte position; the caller adds the file.
+//!
+//! One file on purpose: the opcode table, the arena and the limits are one interpreter, and
+//! splitting them would spread each opcode's checks over several files.
 
 use std::collections::HashMap;
 

@@ -20,6 +20,10 @@
 //! When a reader fails part-way it first hands out the complete sequences before the failure,
 //! then returns the error: a consumer that stops early (a token budget) therefore sees the
 //! same sequences and the same outcome whatever the timing of the threads around it.
+//!
+//! One file on purpose: the readers share the batch type, the sequence bound and the FIFO
+//! rule, and each format's reader is a few dozen lines on top of them (Parquet, which needs its
+//! own page-level bounds, has its own file).
 
 mod parquet;
 

@@ -9,6 +9,10 @@
 //! Packing streams: tables are read a few megabytes at a time with positioned reads, converted,
 //! and handed to a writer thread that writes and hashes, so memory stays flat whatever the
 //! checkpoint's size and reading overlaps writing.
+//!
+//! One file on purpose: the plan of the output, the streaming conversion and the staging/commit
+//! of the folder share one set of invariants (which bytes land where); `inspect` and `unpack`,
+//! which only read, live beside it.
 
 pub mod inspect;
 pub mod unpack;

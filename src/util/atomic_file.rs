@@ -89,10 +89,73 @@ pub fn temp_sibling(dest: &Path) -> Result<PathBuf> {
             parent.display()
         )));
     }
+    remove_stale_temps(&parent, name)?;
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(name);
-    tmp_name.push(format!(".l3kit-tmp-{}", std::process::id()));
+    tmp_name.push(format!("{TEMP_MARKER}{}", std::process::id()));
     Ok(parent.join(tmp_name))
+}
+
+/// The marker in every temporary name. The rule (docs/format.md, "Temporary files"): the
+/// output `DIR/NAME` is built as `DIR/.NAME.l3kit-tmp-PID`, and an output folder being
+/// replaced is moved aside to `DIR/.NAME.l3kit-tmp-PID-old` for the moment of the swap, where
+/// PID is the writing process.
+pub const TEMP_MARKER: &str = ".l3kit-tmp-";
+
+/// Remove what killed runs left beside `DIR/NAME`: every `.NAME.l3kit-tmp-PID[-old]` whose
+/// process no longer runs. A run killed with SIGKILL cannot clean up after itself, so the
+/// next run into the same destination does; temporaries of a live process (a concurrent run)
+/// are left alone.
+fn remove_stale_temps(parent: &Path, name: &std::ffi::OsStr) -> Result<()> {
+    let Some(name) = name.to_str() else {
+        return Ok(());
+    };
+    let prefix = format!(".{name}{TEMP_MARKER}");
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(rest) = file_name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
+            continue;
+        };
+        let pid_text = rest.strip_suffix("-old").unwrap_or(rest);
+        let Ok(pid) = pid_text.parse::<u32>() else {
+            continue;
+        };
+        if pid == std::process::id() || process_is_running(pid) {
+            continue;
+        }
+        let path = entry.path();
+        let removed = match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.is_dir() => std::fs::remove_dir_all(&path),
+            Ok(_) => std::fs::remove_file(&path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        };
+        removed.map_err(|e| {
+            Error::in_file(
+                &path,
+                format!("is left over from a killed run and cannot be removed ({e}); remove it"),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// Whether a process with this id exists (one we may not signal still exists).
+fn process_is_running(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 only checks that the process exists; nothing is sent.
+    if unsafe { libc::kill(pid, 0) } == 0 {
+        return true;
+    }
+    std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }
 
 /// A folder being built beside its destination; removed on drop unless committed.
@@ -147,5 +210,34 @@ impl Drop for StagingDir {
         if !self.committed {
             let _ = std::fs::remove_dir_all(&self.tmp);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temporaries_of_dead_processes_are_removed_and_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("out.bin");
+        // A pid far above any kernel's pid_max never runs; pid 1 always does.
+        let dead_file = dir.path().join(format!(".out.bin{TEMP_MARKER}4000000000"));
+        let dead_dir = dir
+            .path()
+            .join(format!(".out.bin{TEMP_MARKER}4000000001-old"));
+        let live = dir.path().join(format!(".out.bin{TEMP_MARKER}1"));
+        let other = dir
+            .path()
+            .join(format!(".other.bin{TEMP_MARKER}4000000000"));
+        std::fs::write(&dead_file, "half").unwrap();
+        std::fs::create_dir(&dead_dir).unwrap();
+        std::fs::write(dead_dir.join("shard"), "x").unwrap();
+        std::fs::write(&live, "busy").unwrap();
+        std::fs::write(&other, "not ours").unwrap();
+        write_atomic(&dest, b"done").unwrap();
+        assert!(!dead_file.exists() && !dead_dir.exists());
+        assert!(live.exists() && other.exists());
+        assert_eq!(std::fs::read(&dest).unwrap(), b"done");
     }
 }

@@ -459,6 +459,12 @@ impl StagingFolder {
     }
 
     fn move_into(self, out: &Path) -> Result<()> {
+        // A new output folder appears whole, in one rename, so a run killed at any moment
+        // leaves either no folder or the complete one; into an existing folder the files
+        // are renamed one by one, each replacing its old version whole.
+        if !out.exists() && std::fs::rename(&self.path, out).is_ok() {
+            return Ok(());
+        }
         std::fs::create_dir_all(out).with_path(out)?;
         for name in PLAN_FILES {
             let dest = out.join(name);

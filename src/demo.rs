@@ -5,6 +5,7 @@ use crate::allocate::{self, AllocateOptions, AllocationReport, LayerShape, Metho
 use crate::formats::dtype::TableDtype;
 use crate::profile::{self, ProfileOptions, ProfileSummary};
 use crate::util::error::{Error, Result};
+use crate::util::fs::OutputKind;
 use crate::util::progress::Ui;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -199,6 +200,7 @@ fn whole_model_demo(
 /// Profile the bundled corpus and allocate with the paper's method at its rows-per-token ratio
 /// (710K rows for a 180K vocabulary, about 3.9; here 4).
 pub fn run(data_dir: &Path, out_dir: &Path, ui: &Ui) -> Result<DemoResult> {
+    crate::util::fs::check_output(out_dir, &[data_dir], OutputKind::Folder, "--out")?;
     let tokenizer = data_dir.join("tokenizer/gpt2.json");
     let corpus = data_dir.join("corpus/train.txt");
     for p in [&tokenizer, &corpus] {

@@ -51,7 +51,7 @@ enum Command {
     #[command(after_help = "Examples:\n  \
         l3kit inspect ckpt/                 # what pack would detect\n  \
         l3kit inspect packed/ --profile p.safetensors\n  \
-        l3kit inspect --check packed/       # exit 1 on any mismatch")]
+        l3kit inspect --check packed/       # exit 1 on a mismatch, 2 if unreadable")]
     Inspect(cli::inspect::InspectArgs),
     /// Write a synthetic L3 checkpoint of any size (for benchmarks and tests).
     Synth(cli::synth::SynthArgs),

@@ -672,6 +672,20 @@ fn nanochat_fork_checkpoints_pack_inspect_and_verify() {
             );
         }
 
+        // unpack carries the run's metadata back beside the rebuilt checkpoint.
+        let unpacked = dir.path().join("unpacked");
+        common::assert_ok(&common::run([
+            os(Path::new("unpack")),
+            os(&out),
+            os(Path::new("--out")),
+            os(&unpacked),
+        ]));
+        assert_eq!(
+            std::fs::read(unpacked.join("meta_000100.json")).unwrap(),
+            meta,
+            "{variant}: unpack carries meta_000100.json"
+        );
+
         // The carried metadata is covered by the hashes.
         let meta_out = out.join("meta_000100.json");
         let mut bytes = std::fs::read(&meta_out).unwrap();

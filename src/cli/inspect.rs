@@ -13,7 +13,9 @@ use std::path::PathBuf;
 pub(crate) struct InspectArgs {
     /// A packed folder, or a source checkpoint.
     path: PathBuf,
-    /// Re-hash every file and check every invariant of a packed folder (exit 1 on mismatch).
+    /// Re-hash every file and check every invariant of a packed folder: exit 1 when a hash,
+    /// a listed file or the layout does not match, exit 2 when the folder cannot be read as a
+    /// packed model at all (docs/format.md, "Invariants").
     #[arg(long)]
     check: bool,
     /// A profile, for the expected bytes fetched per token.

@@ -43,7 +43,9 @@ pub(crate) struct PackArgs {
     /// Largest shard (e.g. 5GB, 500MB, 2GiB).
     #[arg(long, default_value = "5GB", value_parser = parse_size_arg)]
     max_shard_size: u64,
-    /// Pack even if tables hold NaN or Inf.
+    /// Pack even if tables hold NaN or Inf. Float tables keep them as they are; int8 cannot
+    /// represent them: a NaN is stored as 0 and an infinity makes its row part's scale NaN
+    /// (every value of that part reads back as NaN). `verify` reports where they differ.
     #[arg(long)]
     allow_nonfinite: bool,
     /// Replace an existing output folder.

@@ -236,6 +236,27 @@ pub fn check_output(out: &Path, inputs: &[&Path], kind: OutputKind, flag: &str) 
             )));
         }
     }
+    // Overlap first: the message about the input at stake is the one that matters.
+    let out_abs = resolve(out)?;
+    for input in inputs {
+        let input_abs = resolve(input)?;
+        let clash = if out_abs == input_abs {
+            Some("is")
+        } else if input_abs.starts_with(&out_abs) {
+            Some("contains")
+        } else if out_abs.starts_with(&input_abs) {
+            Some("is inside")
+        } else {
+            None
+        };
+        if let Some(how) = clash {
+            return Err(Error::input(format!(
+                "{flag} {shown}: {how} the input {}; writing there would destroy it, choose \
+                 another output path",
+                input.display()
+            )));
+        }
+    }
     if let Ok(meta) = std::fs::symlink_metadata(out) {
         let target = std::fs::metadata(out).ok();
         let ok = match (kind, &target) {
@@ -264,26 +285,6 @@ pub fn check_output(out: &Path, inputs: &[&Path], kind: OutputKind, flag: &str) 
             return Err(Error::input(format!(
                 "{flag} {shown}: is {what}; l3kit replaces outputs by renaming, which would \
                  break the link: name the link's target instead"
-            )));
-        }
-    }
-    let out_abs = resolve(out)?;
-    for input in inputs {
-        let input_abs = resolve(input)?;
-        let clash = if out_abs == input_abs {
-            Some("is")
-        } else if input_abs.starts_with(&out_abs) {
-            Some("contains")
-        } else if out_abs.starts_with(&input_abs) {
-            Some("is inside")
-        } else {
-            None
-        };
-        if let Some(how) = clash {
-            return Err(Error::input(format!(
-                "{flag} {shown}: {how} the input {}; writing there would destroy it, choose \
-                 another output path",
-                input.display()
             )));
         }
     }

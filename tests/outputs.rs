@@ -23,11 +23,14 @@ enum Kind {
     Folder,
 }
 
+/// A command's arguments for a given `--out`.
+type ArgsFor = Box<dyn Fn(&Path) -> Vec<String>>;
+
 /// One command that writes: its arguments for a given `--out`, the inputs it reads, whether
 /// its output is a file or a folder, and whether it takes `--force`.
 struct Writer {
     name: &'static str,
-    args: Box<dyn Fn(&Path) -> Vec<String>>,
+    args: ArgsFor,
     inputs: Vec<PathBuf>,
     kind: Kind,
     force: bool,

@@ -97,6 +97,28 @@ fn every_target_survives_its_seeds_and_some_mutations() {
     assert!(all.is_empty(), "findings:\n{}", all.join("\n"));
 }
 
+/// The harness itself: a reader that panics is a finding, not a passed input or a crash of
+/// the run.
+#[test]
+fn a_panicking_reader_is_reported_as_a_finding() {
+    fn fragile(_: &Scratch, data: &[u8]) -> bool {
+        assert!(!data.starts_with(b"boom"), "fragile reader met its input");
+        true
+    }
+    quiet_panics_while_feeding();
+    let t = Target {
+        name: "fragile",
+        feed: fragile,
+    };
+    let s = Scratch::new();
+    assert_eq!(feed(&t, &s, b"fine"), Ok(true));
+    let finding = feed(&t, &s, b"boom!").unwrap_err();
+    assert!(
+        finding.contains("fragile reader met its input"),
+        "{finding}"
+    );
+}
+
 /// The long run: `L3KIT_FUZZ_TARGET=NAME[,NAME...]` (default all), `L3KIT_FUZZ_EXECS` (default
 /// 500000) and `L3KIT_FUZZ_SECS` (default 300) per target, whichever comes first, under a
 /// 4 GiB address-space limit so a huge allocation aborts instead of passing.

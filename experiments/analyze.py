@@ -140,13 +140,14 @@ def markdown(rows, dense_m, dense_sd, corr, comp, tracking, proxies):
         out.append(f"- {k}: {corr[k]:+.3f}, orders {corr['resolved_pairs']['agree'][k]} of the "
                    f"{corr['resolved_pairs']['resolved']} pairs the seeds resolve as the loss does")
     out += ["", "## L3 vs MoE", "",
-            "| model | routing | held-out loss, mean +- std (min..max) | minus L3 (LZW), same seed "
+            "| model | routing | held-out loss, mean +- std (min..max) | minus L3 (LZW), same seed | minus dense, same seed "
             "| active params / token (sparse layers) | total params (sparse layers) | FLOPs / token |",
-            "|---|---|---|---|---|---|---|"]
+            "|---|---|---|---|---|---|---|---|"]
     for r in comp:
         out.append(f"| {r['model']} | {r['routing']} | {r['heldout_loss_mean']:.4f} +- {r['heldout_loss_std']:.4f} "
                    f"({r['heldout_loss_min']:.4f}..{r['heldout_loss_max']:.4f}) | {r['minus_lzw_paired_mean']:+.4f} +- "
-                   f"{r['minus_lzw_paired_std']:.4f} | {r['active_params_per_token']:,} "
+                   f"{r['minus_lzw_paired_std']:.4f} | {r['minus_dense_paired_mean']:+.4f} +- "
+                   f"{r['minus_dense_paired_std']:.4f} | {r['active_params_per_token']:,} "
                    f"({r['sublayer_active_params_per_token']:,}) | {r['total_params']:,} ({r['sublayer_total_params']:,}) "
                    f"| {r['flops_per_token']:,} |")
     out += ["", "## DTop-p controller tracking", "",

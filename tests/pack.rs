@@ -694,6 +694,21 @@ fn nanochat_fork_checkpoints_pack_inspect_and_verify() {
         let o = common::run([os(Path::new("inspect")), os(Path::new("--check")), os(&out)]);
         assert_eq!(o.status.code(), Some(1), "{variant}");
         assert!(common::stdout(&o).contains("meta_000100.json"));
+
+        // A run-metadata file swapped for a link out of the packed folder is refused by
+        // unpack (even unhashed), named, and nothing is written.
+        std::fs::remove_file(&meta_out).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", &meta_out).unwrap();
+        let leaked = dir.path().join("leaked");
+        let o = common::run([
+            os(Path::new("unpack")),
+            os(&out),
+            os(Path::new("--no-check")),
+            os(Path::new("--out")),
+            os(&leaked),
+        ]);
+        common::assert_refused(&o, 2, &["meta_000100.json"]);
+        assert!(!leaked.exists(), "{variant}: nothing written");
     }
 }
 

@@ -59,6 +59,23 @@ pub fn is_run_metadata(name: &str) -> bool {
         .is_some_and(|mid| !mid.is_empty() && !mid.contains('/'))
 }
 
+/// The side files that travel between a checkpoint folder and its packed folder, both ways:
+/// the fixed companions, then the training run's `meta_*.json` among `names` (the folder's
+/// entries), in name order.
+pub(crate) fn carried_file_names(names: &[String]) -> Vec<String> {
+    let mut run_metadata: Vec<String> = names
+        .iter()
+        .filter(|n| is_run_metadata(n))
+        .cloned()
+        .collect();
+    run_metadata.sort();
+    COMPANION_FILES
+        .iter()
+        .map(|s| s.to_string())
+        .chain(run_metadata)
+        .collect()
+}
+
 /// The read limit for a companion file (tokenizers can be large; the rest are small JSON).
 fn companion_limit(name: &str) -> u64 {
     match name {
@@ -834,12 +851,7 @@ struct Carried {
 /// folder, each through the folder's link rule and bounded by its size limit.
 fn read_carried(ckpt: &Checkpoint) -> Result<Carried> {
     let mut files = Vec::new();
-    let names = ckpt.folder_names()?;
-    let wanted = COMPANION_FILES
-        .iter()
-        .map(|s| s.to_string())
-        .chain(names.iter().filter(|n| is_run_metadata(n)).cloned());
-    for name in wanted {
+    for name in carried_file_names(&ckpt.folder_names()?) {
         if let Some(src) = ckpt.companion(&name)? {
             let what = if is_run_metadata(&name) {
                 "a training metadata file"

@@ -1,7 +1,7 @@
 //! `unpack`: rebuild a checkpoint in the source dialect's layout from a packed folder. For
 //! lossless table dtypes the rebuilt tensors equal the originals bit for bit.
 
-use super::{is_run_metadata, FileSink, Planned, COMPANION_FILES};
+use super::{carried_file_names, FileSink, Planned};
 use crate::formats::allocation::{Allocation, AllocationMeta};
 use crate::formats::dtype::{self as convert, FloatDtype};
 use crate::formats::packed::reader::inside_folder;
@@ -211,17 +211,11 @@ pub fn unpack_with(opts: &UnpackOptions, hashes: Hashes, ui: &Ui) -> Result<Unpa
     }
     // The companions pack carried, and the training run's own `meta_*.json`, so the unpacked
     // checkpoint is loadable by the code that trained it again.
-    let mut run_metadata: Vec<String> = std::fs::read_dir(&opts.dir)
+    let entries: Vec<String> = std::fs::read_dir(&opts.dir)
         .with_path(&opts.dir)?
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| is_run_metadata(n))
         .collect();
-    run_metadata.sort();
-    let carried = COMPANION_FILES
-        .iter()
-        .map(|n| n.to_string())
-        .chain(run_metadata);
-    for name in carried {
+    for name in carried_file_names(&entries) {
         let name = name.as_str();
         let src = opts.dir.join(name);
         if std::fs::symlink_metadata(&src).is_err() {

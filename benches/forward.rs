@@ -22,15 +22,8 @@ use l3kit::verify::{self, Inputs, SourceOptions};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
+mod common;
+use common::{median, zipf_tokens};
 
 fn forward(dir: &Path, reps: usize) {
     let opts = SourceOptions {
@@ -105,6 +98,9 @@ struct MemoryTables {
 }
 
 impl TableSource for MemoryTables {
+    fn served_from(&self) -> &'static str {
+        "memory"
+    }
     fn vocab(&self) -> usize {
         self.bounds.len() - 1
     }
@@ -131,26 +127,6 @@ impl TableSource for MemoryTables {
     }
 }
 
-fn zipf_tokens(vocab: usize, n: usize, s: f64, seed: u64) -> Vec<u32> {
-    let mut cumulative = Vec::with_capacity(vocab);
-    let mut total = 0f64;
-    for i in 0..vocab {
-        total += ((i + 1) as f64).powf(-s);
-        cumulative.push(total);
-    }
-    let mut state = seed;
-    (0..n)
-        .map(|_| {
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            let u = ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64 * total;
-            cumulative.partition_point(|&c| c < u) as u32
-        })
-        .collect()
-}
-
 fn store(reps: usize) {
     let work = PathBuf::from("/tmp/l3kit-store-bench");
     let packed = work.join("packed");
@@ -168,6 +144,7 @@ fn store(reps: usize) {
             dtype: TableDtype::Bf16,
             seed: 0,
             out: work.join("src"),
+            decoder: None,
         })
         .unwrap();
         let mut o = l3kit::pack::PackOptions::new(s.checkpoint, packed.clone());

@@ -34,7 +34,23 @@ pub struct SynthOptions {
     pub dtype: TableDtype,
     pub seed: u64,
     pub out: PathBuf,
+    /// A whole model of the bundled trained family around the L3 layers (`--family tiny`):
+    /// `layers` are then the blocks the L3 sublayers follow.
+    pub decoder: Option<TinyShape>,
 }
+
+/// The dense part of a synthetic whole model of the bundled trained family
+/// (`model_type: "l3-tiny-trained"`, `fixtures/train_tiny.py`): d_model is `d_in`.
+#[derive(Clone, Debug)]
+pub struct TinyShape {
+    pub n_layer: u64,
+    pub n_head: u64,
+    pub block_size: u64,
+    pub mlp_hidden: u64,
+}
+
+/// The most decoder blocks (`--n-layer`) a synthetic whole model may have.
+pub const MAX_BLOCKS: u64 = 1024;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct SynthSummary {
@@ -126,12 +142,15 @@ fn plan_tensors(opts: &SynthOptions, table_dtype: Dtype) -> Result<Vec<Spec>> {
     let d_mix = d_up.checked_add(d_in).ok_or_else(too_big)?;
     let bounds_len = vocab.checked_add(1).ok_or_else(too_big)?;
     let mut raw: Vec<(String, Dtype, Vec<usize>, f32)> = Vec::new();
-    raw.push((
-        "transformer.wte.weight".to_string(),
-        Dtype::F32,
-        vec![vocab, d_in],
-        0.02,
-    ));
+    match &opts.decoder {
+        None => raw.push((
+            "transformer.wte.weight".to_string(),
+            Dtype::F32,
+            vec![vocab, d_in],
+            0.02,
+        )),
+        Some(shape) => dense_tensors(shape, vocab, d_in, dim, &mut raw)?,
+    }
     for id in &opts.layers {
         match opts.dialect {
             Dialect::Paper => {
@@ -203,6 +222,111 @@ fn plan_tensors(opts: &SynthOptions, table_dtype: Dtype) -> Result<Vec<Spec>> {
         .collect()
 }
 
+/// The dense tensors of a whole model of the bundled trained family, with the names
+/// `fixtures/train_tiny.py` gives them. Linear layers are scaled by 1/sqrt(fan-in) so the
+/// activations of a deep random model stay finite.
+fn dense_tensors(
+    shape: &TinyShape,
+    vocab: usize,
+    d: usize,
+    dim: impl Fn(u64) -> Result<usize>,
+    raw: &mut Vec<(String, Dtype, Vec<usize>, f32)>,
+) -> Result<()> {
+    let (blocks, context, hidden) = (
+        dim(shape.n_layer)?,
+        dim(shape.block_size)?,
+        dim(shape.mlp_hidden)?,
+    );
+    let qkv = d
+        .checked_mul(3)
+        .ok_or_else(|| Error::input("--d-in is too large"))?;
+    let fan = |n: usize| 1.0 / (n as f32).sqrt();
+    raw.push(("wte.weight".into(), Dtype::F32, vec![vocab, d], 0.02));
+    raw.push(("wpe.weight".into(), Dtype::F32, vec![context, d], 0.02));
+    raw.push(("ln_f.weight".into(), Dtype::F32, vec![d], 1.0));
+    for i in 0..blocks {
+        let p = |n: &str| format!("h.{i}.{n}");
+        raw.push((p("ln1.weight"), Dtype::F32, vec![d], 1.0));
+        raw.push((p("ln2.weight"), Dtype::F32, vec![d], 1.0));
+        raw.push((p("attn.qkv.weight"), Dtype::F32, vec![qkv, d], fan(d)));
+        raw.push((p("attn.proj.weight"), Dtype::F32, vec![d, d], fan(d)));
+        raw.push((p("mlp.fc.weight"), Dtype::F32, vec![hidden, d], fan(d)));
+        raw.push((
+            p("mlp.proj.weight"),
+            Dtype::F32,
+            vec![d, hidden],
+            fan(hidden),
+        ));
+    }
+    Ok(())
+}
+
+/// Norm weights are drawn around 1, not around 0.
+fn is_norm(name: &str) -> bool {
+    name.contains("norm_")
+        || [".ln1.", ".ln2."].iter().any(|n| name.contains(n))
+        || name.starts_with("ln_f.")
+}
+
+/// The `config.json` of a synthetic whole model: what `l3kit eval`/`generate` read to run it.
+fn tiny_config(opts: &SynthOptions, shape: &TinyShape) -> serde_json::Value {
+    serde_json::json!({
+        "model_type": "l3-tiny-trained",
+        "vocab_size": opts.vocab,
+        "n_embd": opts.d_in,
+        "n_head": shape.n_head,
+        "n_layer": shape.n_layer,
+        "block_size": shape.block_size,
+        "mlp_hidden": shape.mlp_hidden,
+        "l3_layers": opts.layers,
+        "d_emb": opts.d_emb,
+        "d_up": opts.d_up,
+        "norm_eps": 1e-6,
+        "tied_embeddings": true,
+        "mlp_activation": "gelu",
+        "positions": "learned",
+        "l3_dialect": "paper",
+        "l3_residual": "replace",
+        "n_emb": opts.n_emb,
+        "k_max": opts.k_max,
+        "allocation": "allocation.safetensors (synthetic Zipf, l3kit synth)",
+    })
+}
+
+/// Check a whole model's shape against the L3 options.
+fn check_decoder(opts: &SynthOptions, shape: &TinyShape) -> Result<()> {
+    if opts.dialect != Dialect::Paper {
+        return Err(Error::input(
+            "--family tiny builds the bundled trained family, whose L3 layers are in the paper \
+             dialect: leave out --dialect nanochat",
+        ));
+    }
+    if shape.n_layer == 0 || shape.n_layer > MAX_BLOCKS {
+        return Err(Error::input(format!(
+            "--n-layer {} is out of range: 1 to {MAX_BLOCKS} blocks",
+            shape.n_layer
+        )));
+    }
+    if shape.n_head == 0 || !opts.d_in.is_multiple_of(shape.n_head) {
+        return Err(Error::input(format!(
+            "--d-in {} is not a multiple of --n-head {}",
+            opts.d_in, shape.n_head
+        )));
+    }
+    if shape.block_size == 0 || shape.mlp_hidden == 0 {
+        return Err(Error::input(
+            "--block-size and --mlp-hidden must be at least 1",
+        ));
+    }
+    if let Some(l) = opts.layers.iter().find(|&&l| u64::from(l) >= shape.n_layer) {
+        return Err(Error::input(format!(
+            "--layers names block {l}, but the model has {} blocks (--n-layer)",
+            shape.n_layer
+        )));
+    }
+    Ok(())
+}
+
 /// Bytes free for an unprivileged writer in the filesystem that holds `path` (or its
 /// nearest existing ancestor), when the OS reports it.
 fn free_bytes(path: &Path) -> Option<u64> {
@@ -258,6 +382,9 @@ pub fn synthesize(opts: &SynthOptions) -> Result<SynthSummary> {
         )));
     }
     crate::allocate::check_budget(opts.vocab, opts.n_emb, opts.k_max)?;
+    if let Some(shape) = &opts.decoder {
+        check_decoder(opts, shape)?;
+    }
     let table_dtype = match opts.dtype {
         TableDtype::F32 => Dtype::F32,
         TableDtype::F16 => Dtype::F16,
@@ -344,7 +471,7 @@ fn write_checkpoint(
             while left > 0 {
                 let step = left.min(1 << 20);
                 floats.clear();
-                if spec.name.contains("norm_") {
+                if is_norm(&spec.name) {
                     floats.extend((0..step).map(|_| 1.0 + rng.next_f32(0.1)));
                 } else {
                     floats.extend((0..step).map(|_| rng.next_f32(spec.scale)));
@@ -356,9 +483,16 @@ fn write_checkpoint(
             }
         }
     }
-    // The allocation first: if it cannot be written, the model's temporary file goes too.
+    // The allocation (and config) first: if they cannot be written, the model's temporary
+    // file goes too.
     let alloc_path = opts.out.join("allocation.safetensors");
     alloc.write(&alloc_path)?;
+    if let Some(shape) = &opts.decoder {
+        let config = opts.out.join("config.json");
+        let text = serde_json::to_string_pretty(&tiny_config(opts, shape))
+            .map_err(|e| Error::Other(format!("config.json: {e}")))?;
+        crate::util::atomic_file::write_atomic(&config, format!("{text}\n").as_bytes())?;
+    }
     file.commit()?;
     Ok((path, alloc_path))
 }
@@ -377,5 +511,6 @@ pub fn small(dir: &Path, dialect: Dialect, dtype: TableDtype) -> Result<SynthSum
         dtype,
         seed: 7,
         out: dir.to_path_buf(),
+        decoder: None,
     })
 }

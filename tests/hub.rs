@@ -1412,6 +1412,7 @@ fn verify_with_runs_first_and_a_mismatch_sends_nothing() {
         dtype: TableDtype::Bf16,
         seed: 8,
         out: root.path().join("other"),
+        decoder: None,
     })
     .unwrap();
     let mock = Mock::basic();

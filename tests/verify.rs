@@ -289,6 +289,7 @@ fn verify_refuses_mismatched_or_corrupted_inputs() {
         dtype: TableDtype::F32,
         seed: 1,
         out: other.path().join("src"),
+        decoder: None,
     })
     .unwrap();
     let other_packed = other.path().join("packed");

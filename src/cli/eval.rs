@@ -5,7 +5,6 @@ use clap::Args;
 use l3kit::formats::profile::InputFormat;
 use l3kit::infer::eval::{self, EvalOptions, EvalReport, ModelFigures};
 use l3kit::util::progress::Ui;
-use l3kit::util::units::human_bytes;
 use l3kit::{Error, Result};
 use std::path::PathBuf;
 
@@ -107,12 +106,7 @@ fn print_figures(f: &ModelFigures) {
         f.tokens_per_second
     );
     if f.serving.bytes_read > 0 {
-        println!(
-            "    L3 rows: {} read ({} per position), waited {:.3} s for rows",
-            human_bytes(f.serving.bytes_read as f64),
-            human_bytes(f.serving.bytes_per_position()),
-            f.serving.wait_seconds
-        );
+        println!("    {}", f.serving.describe());
     }
 }
 

@@ -4,7 +4,6 @@ use super::{print_json, source_options, ModelArgs, SourceArgs};
 use clap::Args;
 use l3kit::infer::generate::{generate, GenerateReport};
 use l3kit::model::sampling::Sampling;
-use l3kit::util::units::human_bytes;
 use l3kit::{Error, Result};
 use std::io::Write;
 use std::path::PathBuf;
@@ -153,11 +152,6 @@ fn print_summary(r: &GenerateReport) {
         }
     );
     if r.serving.bytes_read > 0 {
-        eprintln!(
-            "L3 rows: {} read ({} per position), waited {:.3} s for rows",
-            human_bytes(r.serving.bytes_read as f64),
-            human_bytes(r.serving.bytes_per_position()),
-            r.serving.wait_seconds
-        );
+        eprintln!("{}", r.serving.describe());
     }
 }

@@ -71,6 +71,11 @@ pub(crate) struct ModelArgs {
     /// cpu, cuda or auto (CUDA if built with it and a GPU is present, else CPU).
     #[arg(long, default_value = "cpu")]
     pub(crate) device: String,
+    /// Where a packed folder's L3 rows are read from: ram (loaded at open), mmap (the page
+    /// cache; the default) or disk (every read goes to the device: O_DIRECT). Packed folders
+    /// only; the outputs are identical.
+    #[arg(long, value_enum)]
+    pub(crate) tables: Option<l3kit::serve::TableTier>,
 }
 
 impl ModelArgs {
@@ -82,20 +87,31 @@ impl ModelArgs {
         &self,
         src: &l3kit::verify::SourceOptions,
     ) -> l3kit::Result<l3kit::infer::OpenModel> {
-        self.open_other(&self.model, src)
+        self.open_path(&self.model, src, self.tables)
     }
 
-    /// Another model (a comparison's source) with the same serving choices.
+    /// Another model (a comparison's source) on the same device, its tables served the same
+    /// way when it is a packed folder too.
     pub(crate) fn open_other(
         &self,
         path: &std::path::Path,
         src: &l3kit::verify::SourceOptions,
     ) -> l3kit::Result<l3kit::infer::OpenModel> {
+        let tables = self.tables.filter(|_| l3kit::model::load::is_packed(path));
+        self.open_path(path, src, tables)
+    }
+
+    fn open_path(
+        &self,
+        path: &std::path::Path,
+        src: &l3kit::verify::SourceOptions,
+        tables: Option<l3kit::serve::TableTier>,
+    ) -> l3kit::Result<l3kit::infer::OpenModel> {
         let (device, note) = l3kit::model::select_device(&self.device)?;
         if let Some(n) = note {
             eprintln!("note: {n}");
         }
-        l3kit::infer::OpenModel::open(path, src, &device)
+        l3kit::infer::OpenModel::open_tier(path, src, &device, tables)
     }
 }
 

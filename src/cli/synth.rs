@@ -34,6 +34,28 @@ pub(crate) struct SynthArgs {
     seed: u64,
     #[arg(long)]
     out: PathBuf,
+    /// Write a whole model of this family around the L3 layers (with its config.json), so
+    /// `eval`, `generate` and the decode benchmark can run it. `tiny` is the bundled trained
+    /// model's family; `--layers` are then the blocks the L3 sublayers follow.
+    #[arg(long, value_enum)]
+    family: Option<SynthFamily>,
+    /// Decoder blocks (with --family).
+    #[arg(long, default_value_t = 8)]
+    n_layer: u64,
+    /// Attention heads; must divide --d-in (with --family).
+    #[arg(long, default_value_t = 16)]
+    n_head: u64,
+    /// Context length, learned positions (with --family).
+    #[arg(long, default_value_t = 1024)]
+    block_size: u64,
+    /// MLP width (with --family; default 4 x --d-in).
+    #[arg(long)]
+    mlp_hidden: Option<u64>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum SynthFamily {
+    Tiny,
 }
 
 pub(crate) fn cmd_synth(args: SynthArgs, json: bool) -> Result<()> {
@@ -50,6 +72,14 @@ pub(crate) fn cmd_synth(args: SynthArgs, json: bool) -> Result<()> {
         dtype: args.dtype,
         seed: args.seed,
         out: args.out,
+        decoder: args
+            .family
+            .map(|SynthFamily::Tiny| l3kit::synth::TinyShape {
+                n_layer: args.n_layer,
+                n_head: args.n_head,
+                block_size: args.block_size,
+                mlp_hidden: args.mlp_hidden.unwrap_or(args.d_in.saturating_mul(4)),
+            }),
     })?;
     if json {
         print_json(&s);

@@ -412,6 +412,11 @@ impl OpenSafetensors {
         })
     }
 
+    /// The opened file (the descriptor whose header was validated).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
     /// Map the opened file read-only. The map is of the descriptor whose header was
     /// validated, so a path swapped after the open changes nothing; a file shorter than the
     /// validated header says is refused.

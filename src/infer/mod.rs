@@ -8,6 +8,7 @@ pub mod generate;
 use crate::formats::dtype::TableDtype;
 use crate::model::decoder::Decoder;
 use crate::model::load::SourceOptions;
+use crate::serve::TableTier;
 use crate::util::error::{Error, Result};
 use candle_core::Device;
 use std::path::{Path, PathBuf};
@@ -25,7 +26,17 @@ const BOS_TOKENS: &[&str] = &["<|bos|>"];
 
 impl OpenModel {
     pub fn open(path: &Path, source: &SourceOptions, device: &Device) -> Result<OpenModel> {
-        let decoder = Decoder::open(path, source, device)?;
+        Self::open_tier(path, source, device, None)
+    }
+
+    /// Open with the tables served from `tables` (a packed folder only; None: memory-mapped).
+    pub fn open_tier(
+        path: &Path,
+        source: &SourceOptions,
+        device: &Device,
+        tables: Option<TableTier>,
+    ) -> Result<OpenModel> {
+        let decoder = Decoder::open_tier(path, source, device, tables)?;
         let packed_dtype = if decoder.packed {
             Some(
                 crate::formats::packed::PackedModel::open(path)?

@@ -6,7 +6,7 @@ use crate::checkpoint::{Checkpoint, Dialect};
 use crate::formats::dtype as convert;
 use crate::formats::packed::{LayerParams, PackedModel, TableDtype, CONFIG_FILE, INDEX_FILE};
 use crate::model::{self, L3Config, L3Layer};
-use crate::serve::{PackedStore, SourceTables, TableSource};
+use crate::serve::{SourceTables, TableSource, TableTier};
 use crate::util::error::{Error, Result};
 use crate::util::fs::{limits, read_small};
 use candle_core::Device;
@@ -66,11 +66,22 @@ pub fn load_packed(dir: &Path, device: &Device) -> Result<LoadedModel> {
     load_packed_model(&PackedModel::open(dir)?, device)
 }
 
-/// Load the layers of a packed model that is already open (and validated by opening).
+/// Load the layers of a packed model that is already open (and validated by opening), its
+/// tables memory-mapped.
 pub fn load_packed_model(model: &PackedModel, device: &Device) -> Result<LoadedModel> {
+    load_packed_model_tier(model, device, TableTier::Mmap)
+}
+
+/// Load the layers of an open packed model with its tables served from `tier`.
+pub fn load_packed_model_tier(
+    model: &PackedModel,
+    device: &Device,
+    tier: TableTier,
+) -> Result<LoadedModel> {
     let c = &model.config;
+    let mut stores = crate::serve::open_stores(model, tier)?.into_iter();
     let mut layers = Vec::new();
-    for (i, l) in c.layers.iter().enumerate() {
+    for l in c.layers.iter() {
         // These sizes were checked against the tensors present when the model was opened.
         let cfg = L3Config {
             d_in: l.d_in as usize,
@@ -84,7 +95,9 @@ pub fn load_packed_model(model: &PackedModel, device: &Device) -> Result<LoadedM
             name: l.name.clone(),
             layer_id: l.layer_id,
             layer: L3Layer::new(cfg, &vb, &l.params)?,
-            tables: Arc::new(PackedStore::open(model, i)?),
+            tables: stores
+                .next()
+                .ok_or_else(|| Error::Other("a packed layer has no store".into()))?,
             n_emb: l.n_emb,
         });
     }
@@ -174,8 +187,32 @@ pub fn load_source(path: &Path, opts: &SourceOptions, device: &Device) -> Result
 
 /// Load a packed folder or a source checkpoint, whichever `path` is.
 pub fn load(path: &Path, opts: &SourceOptions, device: &Device) -> Result<LoadedModel> {
+    load_tier(path, opts, device, None)
+}
+
+/// Load a packed folder with its tables served from `tier` (memory-mapped when None), or a
+/// source checkpoint. A tier asked of a source checkpoint is refused: its tables are read
+/// from the checkpoint's own files, which are not laid out for serving.
+pub fn load_tier(
+    path: &Path,
+    opts: &SourceOptions,
+    device: &Device,
+    tier: Option<TableTier>,
+) -> Result<LoadedModel> {
     if is_packed(path) {
-        load_packed(path, device)
+        load_packed_model_tier(&PackedModel::open(path)?, device, tier.unwrap_or_default())
+    } else if let Some(t) = tier {
+        Err(Error::in_file(
+            path,
+            format!(
+                "--tables {} serves a packed folder's tables; this is a source checkpoint (pack \
+                 it first, or leave out --tables)",
+                serde_json::to_value(t)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default()
+            ),
+        ))
     } else {
         load_source(path, opts, device)
     }

@@ -21,6 +21,9 @@ use std::time::Instant;
 /// What serving the tables cost over a run.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ServingStats {
+    /// Where the rows came from: `ram`, `mmap`, `disk (O_DIRECT)`, `disk (fadvise)` or
+    /// `source checkpoint` (empty for a model without L3 layers).
+    pub tables: String,
     /// Forward steps (a prefill is one step; each decode step is one).
     pub steps: u64,
     /// Token positions the steps covered.
@@ -31,6 +34,9 @@ pub struct ServingStats {
     pub gather_seconds: f64,
     /// Bytes of table rows read from the store (the stored dtype's bytes).
     pub bytes_read: u64,
+    /// Bytes the `disk` tier read from the device, its 4 KiB alignment included (0 for the
+    /// other tiers: their reads are served by memory or the page cache).
+    pub device_bytes_read: u64,
     /// Distinct (token, layer) blocks gathered.
     pub blocks: u64,
     /// Time from the start of each step to its first L3 layer: the compute a prefetch can
@@ -39,6 +45,26 @@ pub struct ServingStats {
 }
 
 impl ServingStats {
+    /// One line for human reports: where the rows came from, how many bytes, how long the
+    /// layers waited.
+    pub fn describe(&self) -> String {
+        use crate::util::units::human_bytes;
+        let mut line = format!(
+            "L3 rows from {}: {} read ({} per position), waited {:.3} s for rows",
+            self.tables,
+            human_bytes(self.bytes_read as f64),
+            human_bytes(self.bytes_per_position()),
+            self.wait_seconds
+        );
+        if self.device_bytes_read > 0 {
+            line.push_str(&format!(
+                ", {} from the device",
+                human_bytes(self.device_bytes_read as f64)
+            ));
+        }
+        line
+    }
+
     pub fn bytes_per_position(&self) -> f64 {
         self.bytes_read as f64 / (self.positions.max(1)) as f64
     }
@@ -60,6 +86,10 @@ pub struct L3Runtime {
     buffers: Vec<Option<Blocks>>,
     groups: Option<Groups>,
     step_started: Option<Instant>,
+    /// The device-byte counters of the step's layers when it began.
+    device_bytes_at_start: u64,
+    /// The step's layers' tables, to read their device-byte counters at its end.
+    step_tables: Vec<Arc<dyn TableSource>>,
     pending: Option<crossbeam_channel::Receiver<Gathered>>,
     worker: Option<std::thread::JoinHandle<()>>,
     pub stats: ServingStats,
@@ -72,6 +102,8 @@ impl L3Runtime {
             buffers: (0..layers).map(|_| Some(Blocks::default())).collect(),
             groups: None,
             step_started: None,
+            device_bytes_at_start: 0,
+            step_tables: Vec::new(),
             pending: None,
             worker: None,
             stats: ServingStats::default(),
@@ -93,6 +125,11 @@ impl L3Runtime {
             self.groups = None;
             return Ok(());
         }
+        if self.stats.tables.is_empty() {
+            self.stats.tables = layers[0].1.tables.served_from().to_string();
+        }
+        self.step_tables = layers.iter().map(|(_, l)| Arc::clone(&l.tables)).collect();
+        self.device_bytes_at_start = self.device_bytes();
         let groups = Groups::new(ids);
         if self.prefetch {
             let tokens = groups.tokens.clone();
@@ -181,6 +218,13 @@ impl L3Runtime {
                 self.buffers[j] = Some(blocks);
             }
         }
+        let now = self.device_bytes();
+        self.stats.device_bytes_read += now.saturating_sub(self.device_bytes_at_start);
+        self.device_bytes_at_start = now;
+    }
+
+    fn device_bytes(&self) -> u64 {
+        self.step_tables.iter().map(|t| t.device_bytes_read()).sum()
     }
 
     fn finish_worker(&mut self) {

@@ -9,9 +9,11 @@
 
 pub mod packed;
 pub mod source;
+pub mod tier;
 
-pub use packed::{open_packed, PackedStore, Prefetch};
+pub use packed::{open_packed, open_packed_tier, open_stores, PackedStore, Prefetch};
 pub use source::SourceTables;
+pub use tier::{DiskMode, TableTier};
 
 use crate::util::error::{Error, Result};
 
@@ -38,6 +40,12 @@ pub trait TableSource: Send + Sync {
     fn bounds(&self) -> &[i64];
     /// Bytes one row occupies where the rows are stored (what a gather reads).
     fn stored_row_bytes(&self) -> u64;
+    /// Bytes read from the storage device itself so far (the `disk` tier; 0 elsewhere).
+    fn device_bytes_read(&self) -> u64 {
+        0
+    }
+    /// Where the rows come from, for reports: `ram`, `mmap`, `disk (O_DIRECT)`, ...
+    fn served_from(&self) -> &'static str;
     /// Gather the rows of `tokens` (distinct ids, any order) as f32 into `blocks`, reusing
     /// its buffer (a serving loop keeps one staging buffer and never reallocates it).
     fn gather_into(&self, tokens: &[u32], blocks: &mut Blocks) -> Result<()>;

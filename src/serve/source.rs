@@ -127,6 +127,9 @@ impl TableSource for SourceTables {
     fn bounds(&self) -> &[i64] {
         &self.bounds
     }
+    fn served_from(&self) -> &'static str {
+        "source checkpoint"
+    }
     fn stored_row_bytes(&self) -> u64 {
         let size = self.dtype.size() as u64;
         (self.key_width + self.value_width) as u64 * size

@@ -18,8 +18,9 @@ pub use blocks::KvCache;
 
 use crate::formats::packed::{PackedModel, CONFIG_FILE};
 use crate::formats::safetensors::TensorReader;
-use crate::model::load::{load, LoadedLayer, LoadedModel, SourceOptions};
+use crate::model::load::{load_tier, LoadedLayer, LoadedModel, SourceOptions};
 use crate::model::runtime::L3Runtime;
+use crate::serve::TableTier;
 use crate::util::error::{Error, Result};
 use crate::util::fs::{limits, read_small};
 use blocks::{ce, Weights};
@@ -241,6 +242,17 @@ pub struct Decoder {
 impl Decoder {
     /// Load a packed folder or a source checkpoint.
     pub fn open(path: &Path, source: &SourceOptions, device: &Device) -> Result<Decoder> {
+        Self::open_tier(path, source, device, None)
+    }
+
+    /// Load a packed folder with its tables served from `tables` (memory-mapped when None),
+    /// or a source checkpoint (which refuses a tier).
+    pub fn open_tier(
+        path: &Path,
+        source: &SourceOptions,
+        device: &Device,
+        tables: Option<TableTier>,
+    ) -> Result<Decoder> {
         let config = family_config(path)?;
         let mut want = config.slots()?;
         want.sort();
@@ -249,7 +261,7 @@ impl Decoder {
         let loaded: Option<LoadedModel> = if want.is_empty() {
             None
         } else {
-            Some(load(path, source, device)?)
+            Some(load_tier(path, source, device, tables)?)
         };
         let family = if packed {
             let model = PackedModel::open(path)?;

@@ -513,7 +513,7 @@ fn bench_e2e(a: &Args) {
         "   tokenisation timed; profile: l3kit::profile::run (read + tokenise + LZW + unigram)"
     );
     let mut opts = ProfileOptions::new(vec![text.clone()]);
-    opts.tokenizer = Some(a.tokenizer.clone());
+    opts.stream.tokenizer = Some(a.tokenizer.clone());
     let mut tok_rates = Vec::new();
     let mut prof_rates = Vec::new();
     let mut ratios = Vec::new();

@@ -59,7 +59,7 @@ const DEMO_PROMPT: &str = "To be, or not to be";
 fn trained_demo(data_dir: &Path, out_dir: &Path, ui: &Ui) -> Result<TrainedDemo> {
     let trained = data_dir.join("trained");
     let mut opts = ProfileOptions::new(vec![data_dir.join("corpus/train.txt")]);
-    opts.tokenizer = Some(data_dir.join("tokenizer/tiny-bpe-512.json"));
+    opts.stream.tokenizer = Some(data_dir.join("tokenizer/tiny-bpe-512.json"));
     let (profile, _) = profile::run(&opts, ui)?;
     let alloc = allocate::allocate(
         &profile,
@@ -213,7 +213,7 @@ pub fn run(data_dir: &Path, out_dir: &Path, ui: &Ui) -> Result<DemoResult> {
     }
     std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
     let mut opts = ProfileOptions::new(vec![corpus]);
-    opts.tokenizer = Some(tokenizer.clone());
+    opts.stream.tokenizer = Some(tokenizer.clone());
     let (profile, summary) = profile::run(&opts, ui)?;
     let profile_path = out_dir.join("profile.safetensors");
     profile.write(&profile_path)?;

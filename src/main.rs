@@ -33,6 +33,13 @@ enum Command {
         l3kit profile --tokenizer tokenizer.json --field text shard-*.parquet --max-tokens 100000000 --out p.safetensors\n  \
         l3kit profile --vocab-size 50257 --separator 50256 train.u16 --out p.safetensors")]
     Profile(cli::profile::ProfileArgs),
+    /// Tokenise a corpus into a flat u16/u32 id file with a separator after every sequence
+    /// (and a manifest), so tokenisation can fan out over many jobs and `profile` read the
+    /// shards in order.
+    #[command(after_help = "Examples:\n  \
+        l3kit tokenize --tokenizer tokenizer.json part-00007.parquet --field text --out tok/part-00007.u16\n  \
+        l3kit profile --vocab-size 50257 --separator 50256 tok/part-*.u16 --out p.safetensors")]
+    Tokenize(cli::tokenize::TokenizeArgs),
     /// Turn a profile into a per-token allocation (the CSR `bounds` of every L3 table).
     #[command(after_help = "Examples:\n  \
         l3kit allocate --profile p.safetensors --rows-per-token 3.9 --out alloc.safetensors\n  \
@@ -115,6 +122,7 @@ fn main() -> ExitCode {
     let ui = Ui { quiet: cli.quiet };
     let result = match cli.command {
         Command::Profile(args) => cli::profile::cmd_profile(args, &ui, cli.json),
+        Command::Tokenize(args) => cli::tokenize::cmd_tokenize(args, &ui, cli.json),
         Command::Allocate(args) => cli::allocate::cmd_allocate(args, cli.json),
         Command::Pack(args) => cli::pack::cmd_pack(args, &ui, cli.json),
         Command::Unpack(args) => cli::unpack::cmd_unpack(args, &ui, cli.json),

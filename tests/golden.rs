@@ -13,7 +13,7 @@ use std::path::Path;
 fn bundled_corpus_matches_python_reference() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
     let mut opts = ProfileOptions::new(vec![root.join("corpus/train.txt")]);
-    opts.tokenizer = Some(root.join("tokenizer/gpt2.json"));
+    opts.stream.tokenizer = Some(root.join("tokenizer/gpt2.json"));
     let (profile, _) = profile::run(&opts, &Ui::quiet()).unwrap();
     for (n_emb, k_max) in [(201_028u64, 512u32), (150_000, 64)] {
         let golden_path = root.join(format!("golden/lzw-train-n{n_emb}-k{k_max}.safetensors"));

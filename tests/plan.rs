@@ -474,7 +474,7 @@ fn bundled() -> &'static (Profile, tempfile::TempDir, PathBuf) {
     P.get_or_init(|| {
         let mut opts =
             ProfileOptions::new(vec![manifest_dir().join("fixtures/corpus/heldout.txt")]);
-        opts.tokenizer = Some(manifest_dir().join("fixtures/tokenizer/gpt2.json"));
+        opts.stream.tokenizer = Some(manifest_dir().join("fixtures/tokenizer/gpt2.json"));
         let (profile, _) = l3kit::profile::run(&opts, &Ui::quiet()).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("heldout.safetensors");

@@ -13,6 +13,7 @@ pub mod pack;
 pub mod plan;
 pub mod profile;
 pub mod synth;
+pub mod tokenize;
 pub mod unpack;
 pub mod upload;
 pub mod verify;
@@ -112,6 +113,88 @@ impl ModelArgs {
             eprintln!("note: {n}");
         }
         l3kit::infer::OpenModel::open_tier(path, src, &device, tables)
+    }
+}
+
+/// The corpus flags `profile` and `tokenize` share: the inputs and how they become token ids.
+#[derive(clap::Args)]
+pub(crate) struct CorpusArgs {
+    /// Input files: text, JSON Lines, Parquet (text and JSONL may be gzip-compressed), or
+    /// pre-tokenised little-endian u16/u32 ids.
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+    /// Hugging Face tokenizer.json.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Input format for every file (default: from each file name).
+    #[arg(long, value_enum)]
+    format: Option<l3kit::corpus::InputFormat>,
+    /// The text field of JSON Lines records or the string column of Parquet files.
+    #[arg(long)]
+    field: Option<String>,
+    /// Vocabulary size of pre-tokenised input (default: the tokenizer's).
+    #[arg(long)]
+    vocab_size: Option<u32>,
+    /// Stop after a sample of at most this many tokens (whole sequences only).
+    #[arg(long)]
+    max_tokens: Option<u64>,
+    /// Let the tokenizer add its special tokens (BOS/EOS) to every sequence.
+    #[arg(long)]
+    add_special_tokens: bool,
+    /// The longest sequence accepted, in bytes of input: a text line or JSON Lines record
+    /// (newline included), a Parquet value, or a run of ids (e.g. 16MiB; at most 1GiB).
+    /// Tokenising a line takes about 130 times its size in memory with GPT-2's tokenizer.
+    #[arg(long, value_parser = parse_size_arg, default_value = "4MiB")]
+    max_sequence_bytes: u64,
+}
+
+impl CorpusArgs {
+    /// The files an output must not overwrite.
+    pub(crate) fn files(&self) -> Vec<&std::path::Path> {
+        let mut v: Vec<&std::path::Path> = self.inputs.iter().map(PathBuf::as_path).collect();
+        v.extend(self.tokenizer.as_deref());
+        v
+    }
+
+    pub(crate) fn stream_options(
+        &self,
+        split: Option<l3kit::corpus::IdSplit>,
+    ) -> l3kit::Result<l3kit::corpus::tokens::StreamOptions> {
+        let limit = l3kit::corpus::MAX_SEQUENCE_BYTES_LIMIT;
+        let max_sequence_bytes = usize::try_from(self.max_sequence_bytes)
+            .ok()
+            .filter(|&b| b <= limit)
+            .ok_or_else(|| {
+                l3kit::Error::input(format!(
+                    "--max-sequence-bytes {} is above the limit of {limit} bytes (1 GiB)",
+                    self.max_sequence_bytes
+                ))
+            })?;
+        Ok(l3kit::corpus::tokens::StreamOptions {
+            inputs: self.inputs.clone(),
+            format: self.format,
+            field: self.field.clone(),
+            tokenizer: self.tokenizer.clone(),
+            vocab_size: self.vocab_size,
+            add_special_tokens: self.add_special_tokens,
+            split,
+            max_tokens: self.max_tokens,
+            max_sequence_bytes,
+        })
+    }
+}
+
+/// How pre-tokenised input is cut into sequences: a separator id or a fixed length.
+pub(crate) fn id_split(
+    separator: Option<u32>,
+    seq_len: Option<usize>,
+) -> l3kit::Result<Option<l3kit::corpus::IdSplit>> {
+    use l3kit::corpus::IdSplit;
+    match (separator, seq_len) {
+        (Some(s), _) => Ok(Some(IdSplit::Separator(s))),
+        (None, Some(0)) => Err(l3kit::Error::input("--seq-len must be at least 1")),
+        (None, Some(n)) => Ok(Some(IdSplit::SeqLen(n))),
+        (None, None) => Ok(None),
     }
 }
 

@@ -1,51 +1,25 @@
 //! `l3kit profile`: its flags and its report.
 
-use super::{parse_size_arg, print_json};
+use super::{id_split, print_json, CorpusArgs};
 use clap::Args;
-use l3kit::corpus::MAX_SEQUENCE_BYTES_LIMIT;
 use l3kit::profile::lzw::LzwVariant;
-use l3kit::profile::{self, IdSplit, InputFormat, ProfileOptions, ProfileSummary};
+use l3kit::profile::{self, ProfileOptions, ProfileSummary};
 use l3kit::util::fs::{check_output, OutputKind};
 use l3kit::util::progress::Ui;
-use l3kit::{Error, Result};
+use l3kit::Result;
 use serde::Serialize;
 use std::path::PathBuf;
 
 #[derive(Args)]
 pub(crate) struct ProfileArgs {
-    /// Input files: text, JSON Lines, Parquet (text and JSONL may be gzip-compressed), or
-    /// pre-tokenised little-endian u16/u32 ids.
-    #[arg(required = true)]
-    inputs: Vec<PathBuf>,
-    /// Hugging Face tokenizer.json.
-    #[arg(long)]
-    tokenizer: Option<PathBuf>,
-    /// Input format for every file (default: from each file name).
-    #[arg(long, value_enum)]
-    format: Option<InputFormat>,
-    /// The text field of JSON Lines records or the string column of Parquet files.
-    #[arg(long)]
-    field: Option<String>,
-    /// Vocabulary size of pre-tokenised input (default: the tokenizer's).
-    #[arg(long)]
-    vocab_size: Option<u32>,
+    #[command(flatten)]
+    corpus: CorpusArgs,
     /// Pre-tokenised input: this id ends a sequence (and belongs to none).
     #[arg(long, conflicts_with = "seq_len")]
     separator: Option<u32>,
     /// Pre-tokenised input: cut into sequences of this many ids.
     #[arg(long)]
     seq_len: Option<usize>,
-    /// Stop after a sample of at most this many tokens (whole sequences only).
-    #[arg(long)]
-    max_tokens: Option<u64>,
-    /// Let the tokenizer add its special tokens (BOS/EOS) to every sequence.
-    #[arg(long)]
-    add_special_tokens: bool,
-    /// The longest sequence accepted, in bytes of input: a text line or JSON Lines record
-    /// (newline included), a Parquet value, or a run of ids (e.g. 16MiB; at most 1GiB).
-    /// Tokenising a line takes about 130 times its size in memory with GPT-2's tokenizer.
-    #[arg(long, value_parser = parse_size_arg, default_value = "4MiB")]
-    max_sequence_bytes: u64,
     /// LZW scan: the paper's reference (default) or textbook LZW.
     #[arg(long, value_enum, default_value = "reference")]
     lzw: LzwVariant,
@@ -55,35 +29,11 @@ pub(crate) struct ProfileArgs {
 }
 
 pub(crate) fn cmd_profile(args: ProfileArgs, ui: &Ui, json: bool) -> Result<()> {
-    let split = match (args.separator, args.seq_len) {
-        (Some(s), _) => Some(IdSplit::Separator(s)),
-        (None, Some(0)) => return Err(Error::input("--seq-len must be at least 1")),
-        (None, Some(n)) => Some(IdSplit::SeqLen(n)),
-        (None, None) => None,
-    };
-    let mut inputs: Vec<&std::path::Path> = args.inputs.iter().map(PathBuf::as_path).collect();
-    inputs.extend(args.tokenizer.as_deref());
-    check_output(&args.out, &inputs, OutputKind::File, "--out")?;
-    let max_sequence_bytes = usize::try_from(args.max_sequence_bytes)
-        .ok()
-        .filter(|&b| b <= MAX_SEQUENCE_BYTES_LIMIT)
-        .ok_or_else(|| {
-            Error::input(format!(
-                "--max-sequence-bytes {} is above the limit of {MAX_SEQUENCE_BYTES_LIMIT} bytes (1 GiB)",
-                args.max_sequence_bytes
-            ))
-        })?;
+    let split = id_split(args.separator, args.seq_len)?;
+    check_output(&args.out, &args.corpus.files(), OutputKind::File, "--out")?;
     let opts = ProfileOptions {
-        inputs: args.inputs,
-        format: args.format,
-        field: args.field,
-        tokenizer: args.tokenizer,
-        vocab_size: args.vocab_size,
-        add_special_tokens: args.add_special_tokens,
-        split,
-        max_tokens: args.max_tokens,
+        stream: args.corpus.stream_options(split)?,
         variant: args.lzw,
-        max_sequence_bytes,
     };
     let (profile, summary) = profile::run(&opts, ui)?;
     profile.write(&args.out)?;

@@ -26,6 +26,8 @@
 //! own page-level bounds, has its own file).
 
 mod parquet;
+pub mod tokenize;
+pub mod tokens;
 
 pub use crate::formats::profile::{IdSplit, InputFormat};
 use crate::util::error::{Error, IoContext, Result};

@@ -234,14 +234,16 @@ impl PackedStore {
             slices.push(head);
             rest = tail;
         }
-        slices
-            .into_par_iter()
-            .zip(ranges.par_iter())
-            .try_for_each(|(dst, &(part, at, len))| {
-                part.bytes
-                    .with_range(at, len, &mut |b| dst.copy_from_slice(b))
-                    .map_err(|e| in_part(part, e))
-            })
+        self.on_pool(|| {
+            slices
+                .into_par_iter()
+                .zip(ranges.par_iter())
+                .try_for_each(|(dst, &(part, at, len))| {
+                    part.bytes
+                        .with_range(at, len, &mut |b| dst.copy_from_slice(b))
+                        .map_err(|e| in_part(part, e))
+                })
+        })
     }
 
     /// Start gathering `tokens` on a background thread.
@@ -300,14 +302,45 @@ impl TableSource for PackedStore {
         staging(blocks, tokens, &self.bounds, self.row_width);
         let width = self.row_width;
         let slices = per_token_slices(&mut blocks.rows, &blocks.starts, width);
-        slices
-            .into_par_iter()
-            .zip(tokens.par_iter())
-            .try_for_each(|(dst, &t)| self.fill(t, dst))
+        self.on_pool(|| {
+            slices
+                .into_par_iter()
+                .zip(tokens.par_iter())
+                .try_for_each(|(dst, &t)| self.fill(t, dst))
+        })
     }
 }
 
+/// The threads that gather from tiers whose reads can block on the device (`disk`, and
+/// `mmap` when a page is not cached). A thread blocked in a read must not be one of the
+/// compute pool's: the blocks running beside a prefetch would lose a core to a sleeping
+/// thread. These threads mostly wait, so there are more of them than cores: their reads are
+/// in flight together (queue depth), which is what a device's bandwidth needs.
+fn io_pool() -> Option<&'static rayon::ThreadPool> {
+    static POOL: std::sync::OnceLock<Option<rayon::ThreadPool>> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(IO_THREADS)
+            .thread_name(|i| format!("l3kit-io-{i}"))
+            .build()
+            .ok()
+    })
+    .as_ref()
+}
+
+/// Reads in flight at once on the I/O pool.
+const IO_THREADS: usize = 8;
+
 impl PackedStore {
+    /// Run a parallel gather on the pool that suits the tier: memory copies on the compute
+    /// pool, reads that may block on the I/O pool (the compute pool if it cannot be made).
+    fn on_pool<R: Send>(&self, job: impl FnOnce() -> R + Send) -> R {
+        match (self.tier, io_pool()) {
+            (TableTier::Disk | TableTier::Mmap, Some(pool)) => pool.install(job),
+            _ => job(),
+        }
+    }
+
     fn fill(&self, token: u32, dst: &mut [f32]) -> Result<()> {
         let (part, r0, r1) = self.locate(token)?;
         let (at, len) = self.rows_range(part, token, r0, r1)?;

@@ -697,7 +697,7 @@ pub fn demo(
         )));
     }
     let mut popts = crate::profile::ProfileOptions::new(vec![corpus]);
-    popts.tokenizer = Some(data_dir.join("tokenizer/gpt2.json"));
+    popts.stream.tokenizer = Some(data_dir.join("tokenizer/gpt2.json"));
     let (heldout, _) = crate::profile::run(&popts, ui)?;
     let heldout_path = out_dir.join("heldout-profile.safetensors");
     heldout.write(&heldout_path)?;

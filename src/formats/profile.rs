@@ -10,6 +10,7 @@
 use crate::util::error::{Error, Result};
 use crate::util::fs::sha256_file;
 use crate::util::safetensors_file::{self as st, MappedSafetensors, TensorBytes};
+use safetensors::Dtype;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -168,6 +169,24 @@ pub struct Codewords {
     pub counts: Vec<u64>,
 }
 
+/// The first codeword (in id order) whose (parent, token) edge an earlier codeword already
+/// has: a repeated edge is a repeated codeword. `parents` and `tokens` are already checked to
+/// be in range. A parallel sort of the edges: a profile is read on every `allocate`, and this
+/// check is most of the reading.
+fn first_repeated_edge(vocab: u32, parents: &[u32], tokens: &[u32]) -> Option<usize> {
+    use rayon::prelude::*;
+    let n = parents.len();
+    let mut edges: Vec<u64> = (vocab as usize..n)
+        .map(|i| ((parents[i] as u64) << 32) | tokens[i] as u64)
+        .collect();
+    edges.par_sort_unstable();
+    let w = edges.par_windows(2).find_first(|w| w[0] == w[1])?;
+    let (p, t) = ((w[0] >> 32) as u32, w[0] as u32);
+    (vocab as usize..n)
+        .filter(|&i| parents[i] == p && tokens[i] == t)
+        .nth(1)
+}
+
 impl Codewords {
     /// Check that stored columns form a trie in insertion order: the single tokens first, every
     /// later codeword extending an earlier one by an in-vocabulary token, no codeword twice.
@@ -208,17 +227,7 @@ impl Codewords {
                 ));
             }
         }
-        // A codeword is its (parent, token) edge: a repeated edge is a repeated codeword.
-        let mut edges: Vec<u64> = (vocab as usize..n)
-            .map(|i| ((parents[i] as u64) << 32) | tokens[i] as u64)
-            .collect();
-        edges.sort_unstable();
-        if let Some(w) = edges.windows(2).find(|w| w[0] == w[1]) {
-            let (p, t) = ((w[0] >> 32) as u32, w[0] as u32);
-            let i = (vocab as usize..n)
-                .filter(|&i| parents[i] == p && tokens[i] == t)
-                .nth(1)
-                .unwrap_or(n);
+        if let Some(i) = first_repeated_edge(vocab, &parents, &tokens) {
             return Err(format!("codeword {i} duplicates an earlier codeword"));
         }
         Ok(Codewords {
@@ -357,10 +366,36 @@ impl Profile {
             .get("content_sha256")
             .cloned()
             .ok_or_else(|| bad("metadata has no content_sha256".into()))?;
-        let unigram = file.vec_u64("unigram_counts")?;
-        let parent = file.vec_u32("codeword_parent")?;
-        let token = file.vec_u32("codeword_token")?;
-        let count = file.vec_u64("codeword_count")?;
+        let columns = [
+            ("unigram_counts", Dtype::U64),
+            ("codeword_parent", Dtype::U32),
+            ("codeword_token", Dtype::U32),
+            ("codeword_count", Dtype::U64),
+        ]
+        .iter()
+        .map(|&(name, dtype)| file.bytes_1d(name, dtype))
+        .collect::<Result<Vec<&[u8]>>>()?;
+        // The hash is over the stored bytes, so it runs beside the decoding and the trie check.
+        let (content_sha256, decoded) = rayon::join(
+            || {
+                let mut h = Sha256::new();
+                for c in &columns {
+                    h.update(c);
+                }
+                hex::encode(h.finalize())
+            },
+            || {
+                let unigram = st::le_u64s(columns[0]);
+                let codewords = Codewords::from_columns(
+                    meta.vocab_size,
+                    st::le_u32s(columns[1]),
+                    st::le_u32s(columns[2]),
+                    st::le_u64s(columns[3]),
+                );
+                (unigram, codewords)
+            },
+        );
+        let (unigram, codewords) = decoded;
         if unigram.len() != meta.vocab_size as usize {
             return Err(bad(format!(
                 "unigram_counts has {} entries for a vocabulary of {}",
@@ -368,9 +403,8 @@ impl Profile {
                 meta.vocab_size
             )));
         }
-        let codewords = Codewords::from_columns(meta.vocab_size, parent, token, count)
-            .map_err(|m| bad(format!("corrupted codeword dictionary: {m}")))?;
-        let content_sha256 = content_hash(&unigram, &codewords);
+        let codewords =
+            codewords.map_err(|m| bad(format!("corrupted codeword dictionary: {m}")))?;
         if content_sha256 != stored_hash {
             return Err(bad(
                 "content hash mismatch: the profile's data was changed or corrupted".into(),

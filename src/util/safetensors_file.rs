@@ -167,7 +167,7 @@ impl MappedSafetensors {
             .unwrap_or_default())
     }
 
-    fn tensor(&self, name: &str, dtype: Dtype) -> Result<(Vec<usize>, Vec<u8>)> {
+    fn tensor(&self, name: &str, dtype: Dtype) -> Result<(Vec<usize>, &[u8])> {
         let st = self.parse()?;
         let view = st
             .tensor(name)
@@ -181,20 +181,16 @@ impl MappedSafetensors {
                 ),
             ));
         }
-        Ok((view.shape().to_vec(), view.data().to_vec()))
+        Ok((view.shape().to_vec(), view.data()))
     }
 
     /// A 1-D tensor of u64 values.
     pub fn vec_u64(&self, name: &str) -> Result<Vec<u64>> {
-        let (_, data) = self.tensor_1d(name, Dtype::U64)?;
-        Ok(data
-            .chunks_exact(8)
-            .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
-            .collect())
+        Ok(le_u64s(self.bytes_1d(name, Dtype::U64)?))
     }
 
     pub fn vec_i64(&self, name: &str) -> Result<Vec<i64>> {
-        let (_, data) = self.tensor_1d(name, Dtype::I64)?;
+        let data = self.bytes_1d(name, Dtype::I64)?;
         Ok(data
             .chunks_exact(8)
             .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
@@ -202,14 +198,11 @@ impl MappedSafetensors {
     }
 
     pub fn vec_u32(&self, name: &str) -> Result<Vec<u32>> {
-        let (_, data) = self.tensor_1d(name, Dtype::U32)?;
-        Ok(data
-            .chunks_exact(4)
-            .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
-            .collect())
+        Ok(le_u32s(self.bytes_1d(name, Dtype::U32)?))
     }
 
-    fn tensor_1d(&self, name: &str, dtype: Dtype) -> Result<(usize, Vec<u8>)> {
+    /// The stored bytes of a 1-D tensor of `dtype`, borrowed from the map.
+    pub fn bytes_1d(&self, name: &str, dtype: Dtype) -> Result<&[u8]> {
         let (shape, data) = self.tensor(name, dtype)?;
         if shape.len() != 1 {
             return Err(Error::in_file(
@@ -217,6 +210,20 @@ impl MappedSafetensors {
                 format!("tensor {name} should be 1-D, has shape {shape:?}"),
             ));
         }
-        Ok((shape[0], data))
+        Ok(data)
     }
+}
+
+/// Little-endian u64 values of `data` (a whole number of them).
+pub fn le_u64s(data: &[u8]) -> Vec<u64> {
+    data.chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .collect()
+}
+
+/// Little-endian u32 values of `data` (a whole number of them).
+pub fn le_u32s(data: &[u8]) -> Vec<u32> {
+    data.chunks_exact(4)
+        .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+        .collect()
 }

@@ -386,6 +386,32 @@ fn main() {
             before,
             dev_bytes_per_step / (before / 1e3) / 1e6
         );
+        // The stall model of `l3kit traffic` against the measured wait: the two layers (after
+        // blocks 2 and 6, equal allocations) each read half the step's bytes over the link the
+        // gather measured, with the per-block time of ram / prefetch off.
+        let ram_off = &runs[1];
+        let block_s = median(
+            &mut ram_off
+                .iter()
+                .map(|r| r.before_first_l3_ms / 3.0 / 1e3)
+                .collect::<Vec<_>>(),
+        );
+        let half = (dev_bytes_per_step / 2.0) as u64;
+        let predicted = l3kit::infer::traffic::predicted_stall_seconds(
+            &[half, half],
+            &[3, 7],
+            gather_dev_bw,
+            block_s,
+        );
+        let measured_wait = median(&mut disk_on.iter().map(|r| r.wait_ms).collect::<Vec<_>>());
+        println!(
+            "  stall model (l3kit traffic) at the measured {:.0} MB/s and {:.2} ms per block: \
+             predicted {:.2} ms per step, measured wait {:.2} ms (disk, prefetch on)",
+            gather_dev_bw / 1e6,
+            block_s * 1e3,
+            predicted * 1e3,
+            measured_wait
+        );
         println!(
             "  first-step logits bit-identical across every tier and prefetch setting: {identical}"
         );

@@ -87,6 +87,12 @@ enum Command {
         l3kit generate --model packed/ --tokenizer tokenizer.json --prompt \"To be, or not\"\n  \
         l3kit generate --model packed/ --prompt-ids 1,2,3 --max-new-tokens 16 --json")]
     Generate(cli::generate::GenerateArgs),
+    /// Replay a token stream as decode and report what the sparse layers must move per
+    /// step, when it is known, and the predicted stall of serving it over a link.
+    #[command(after_help = "Examples:\n  \
+        l3kit traffic --model packed/ --text heldout.txt --tokenizer tokenizer.json\n  \
+        l3kit traffic --model packed/ --tokens ids.u16 --batch 1,16,256 --link 25 --hot-set 4096 --profile p.safetensors")]
+    Traffic(cli::traffic::TrafficArgs),
     /// Evaluate any allocation on a held-out profile: coverage, E[d_t], bytes, starved tokens.
     #[command(after_help = "Examples:\n  \
         l3kit evaluate --allocation alloc.safetensors --profile heldout.safetensors\n  \
@@ -132,6 +138,7 @@ fn main() -> ExitCode {
         Command::Forward(args) => cli::forward::cmd_forward(args, cli.json),
         Command::Eval(args) => cli::eval::cmd_eval(args, &ui, cli.json),
         Command::Generate(args) => cli::generate::cmd_generate(args, cli.json),
+        Command::Traffic(args) => cli::traffic::cmd_traffic(args, cli.json),
         Command::Evaluate(args) => cli::evaluate::cmd_evaluate(args, cli.json),
         Command::Plan(args) => cli::plan::cmd_plan(args, &ui, cli.json),
         Command::Demo(args) => cli::demo::cmd_demo(args, &ui, cli.json),

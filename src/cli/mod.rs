@@ -14,6 +14,7 @@ pub mod plan;
 pub mod profile;
 pub mod synth;
 pub mod tokenize;
+pub mod traffic;
 pub mod unpack;
 pub mod upload;
 pub mod verify;

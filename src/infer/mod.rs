@@ -4,6 +4,7 @@
 
 pub mod eval;
 pub mod generate;
+pub mod traffic;
 
 use crate::formats::dtype::TableDtype;
 use crate::model::decoder::Decoder;

@@ -116,6 +116,22 @@ impl FamilyConfig {
         }
     }
 
+    /// Decoder blocks in one pass over the stack (a looped model runs it several times).
+    pub fn blocks_per_loop(&self) -> usize {
+        match self {
+            FamilyConfig::Tiny(c, _) => c.n_layer,
+            FamilyConfig::Nanochat(c, _) => c.n_layer,
+        }
+    }
+
+    /// Decoder blocks one forward step runs, loops included.
+    pub fn blocks_per_step(&self) -> usize {
+        match self {
+            FamilyConfig::Tiny(c, _) => c.n_layer,
+            FamilyConfig::Nanochat(c, _) => c.n_layer * c.n_loops.max(1),
+        }
+    }
+
     /// Whether the family starts every document with a BOS token.
     pub fn uses_bos(&self) -> bool {
         matches!(self, FamilyConfig::Nanochat(..))

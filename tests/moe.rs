@@ -5,7 +5,7 @@
 mod common;
 
 use candle_core::{Device, Tensor};
-use common::fixture;
+use common::{assert_ok, assert_refused, fixture, run};
 use l3kit::checkpoint::moe::detect_moe;
 use l3kit::model::l3::Backend;
 use l3kit::model::moe::{
@@ -461,4 +461,308 @@ proptest! {
             prop_assert!(u.p >= settings.p_min && u.p <= settings.p_max);
         }
     }
+}
+
+// ---- l3kit route --------------------------------------------------------------------------
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn route_writes_the_golden_decisions() {
+    let dir = tempfile::tempdir().unwrap();
+    let golden = fixture("golden/moe-mixtral.safetensors");
+    let bytes = std::fs::read(&golden).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    for (name, mode) in [("topp0.9", "topp:0.9"), ("dtopp0.7", "dtopp:0.7")] {
+        let out = dir.path().join(format!("{name}.safetensors"));
+        let text = assert_ok(&run([
+            "route",
+            "--model",
+            path_str(&golden),
+            "--inputs",
+            path_str(&golden),
+            "--routing",
+            mode,
+            "--out",
+            path_str(&out),
+            "--json",
+        ]));
+        let report: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let layer = &report["layers"][0];
+        let want = u8s(&st, &format!("experts.{name}"));
+        let active = want.iter().map(|&c| c as f64).sum::<f64>() / 96.0;
+        assert_eq!(layer["mean_active"].as_f64().unwrap(), active);
+        let hist: u64 = layer["histogram"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .sum();
+        assert_eq!(hist, 96);
+        let written = std::fs::read(&out).unwrap();
+        let w = SafeTensors::deserialize(&written).unwrap();
+        assert_eq!(u8s(&w, "experts.layers.0.block_sparse_moe"), want);
+        let (got, shape) = f32s(&w, "weights.layers.0.block_sparse_moe");
+        assert_eq!(shape, vec![96, 8]);
+        assert!(max_abs(&got, &f32s(&st, &format!("weights.{name}")).0) <= 1e-6);
+    }
+}
+
+fn calibration(dir: &Path, extra: &[&str]) -> serde_json::Value {
+    let (model, inputs) = (
+        fixture("trained-moe/model.safetensors"),
+        fixture("trained-moe/inputs.safetensors"),
+    );
+    let mut args = vec![
+        "route",
+        "--model",
+        path_str(&model),
+        "--inputs",
+        path_str(&inputs),
+        "--calibrate",
+        "--target",
+        "2",
+        "--batch-tokens",
+        "32",
+        "--out",
+        path_str(dir),
+        "--json",
+        "--quiet",
+    ];
+    args.extend_from_slice(extra);
+    let stdout = assert_ok(&run(&args));
+    let printed: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let text = std::fs::read_to_string(dir.join("trajectory.json")).unwrap();
+    let file: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(printed["batches"], file["batches"]);
+    for f in [
+        "trajectory.csv",
+        "trajectory.svg",
+        "trajectory.png",
+        "controller.json",
+    ] {
+        assert!(dir.join(f).is_file(), "{f}");
+    }
+    let csv = std::fs::read_to_string(dir.join("trajectory.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 9);
+    file
+}
+
+#[test]
+fn calibrate_reproduces_the_controller_golden() {
+    let g = golden();
+    let tmp = tempfile::tempdir().unwrap();
+    let global = calibration(&tmp.path().join("global"), &[]);
+    let want = &g["runs"]["global_T2"];
+    assert_eq!(global["final_p"], want["final_p"]);
+    for (b, w) in global["batches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(want["batches"].as_array().unwrap())
+    {
+        assert_eq!(b["p"], w["p"]);
+        assert_eq!(b["mean_active"], w["mean_active"]);
+    }
+    // The saved state resumes: the training controller's state gives the resumed run.
+    let state = fixture("trained-moe/controller.json");
+    let resumed = calibration(&tmp.path().join("resumed"), &["--resume", path_str(&state)]);
+    assert_eq!(
+        resumed["final_p"],
+        g["runs"]["global_T2_resumed"]["final_p"]
+    );
+    let per = calibration(&tmp.path().join("per"), &["--per-layer"]);
+    assert_eq!(per["final_p"], g["runs"]["per-layer_T2"]["final_p"]);
+    let saved = ControllerFile::read(&tmp.path().join("per/controller.json")).unwrap();
+    let want = ControllerFile::from_json(
+        &g["runs"]["per-layer_T2"]["final_state"].to_string(),
+        "golden",
+    )
+    .unwrap();
+    assert_eq!(saved, want);
+}
+
+/// Write `tensors` (name, shape, f32 values) as a safetensors file.
+fn write_f32s(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) {
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((n, s, _), b)| {
+            let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                .unwrap();
+            (n.clone(), v)
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, path).unwrap();
+}
+
+/// The OLMoE golden's tensors with `edit` applied.
+fn olmoe_with(
+    edit: impl Fn(&mut Vec<(String, Vec<usize>, Vec<f32>)>),
+) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    let bytes = std::fs::read(fixture("golden/moe-olmoe.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut all: Vec<_> = st
+        .names()
+        .into_iter()
+        .filter(|n| n.starts_with("model.") || *n == "hidden")
+        .map(|n| {
+            let (v, s) = f32s(&st, n);
+            (n.to_string(), s, v)
+        })
+        .collect();
+    edit(&mut all);
+    all
+}
+
+#[test]
+fn route_refuses_bad_input_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let golden = fixture("golden/moe-olmoe.safetensors");
+    let g = path_str(&golden);
+    let narrow = d.join("narrow.safetensors");
+    write_f32s(&narrow, &[("hidden".into(), vec![4, 31], vec![0.5; 124])]);
+    let bad_expert = d.join("bad-expert.safetensors");
+    write_f32s(
+        &bad_expert,
+        &olmoe_with(|all| {
+            let t = all
+                .iter_mut()
+                .find(|t| t.0 == "model.layers.0.mlp.experts.3.up_proj.weight")
+                .unwrap();
+            t.1 = vec![47, 32];
+            t.2.truncate(47 * 32);
+        }),
+    );
+    let missing_expert = d.join("missing-expert.safetensors");
+    write_f32s(
+        &missing_expert,
+        &olmoe_with(|all| all.retain(|t| !t.0.starts_with("model.layers.0.mlp.experts.7."))),
+    );
+    let map = d.join("map.toml");
+    std::fs::write(
+        &map,
+        "[[moe]]\ngate = \"model.layers.0.mlp.gate.weight\"\nscale = \"model.layers.0.mlp.gate.tau\"\n\
+         w1 = \"model.layers.0.mlp.experts.{j}.gate_proj.weight\"\n\
+         w2 = \"model.layers.0.mlp.experts.{j}.down_proj.weight\"\n\
+         w3 = \"model.layers.0.mlp.experts.{j}.up_proj.weight\"\n",
+    )
+    .unwrap();
+    let no_moe = fixture("checkpoints/paper");
+    let out = d.join("out.safetensors");
+    let o = path_str(&out);
+    let cases: Vec<(Vec<&str>, Vec<&str>)> = vec![
+        (vec!["--routing", "topk:0"], vec!["K must be at least 1"]),
+        (vec!["--routing", "topk:9"], vec!["K = 9", "8 experts"]),
+        (vec!["--routing", "topp:0"], vec!["(0, 1]"]),
+        (vec!["--routing", "dtopp:1.5"], vec!["(0, 1]"]),
+        (
+            vec!["--routing", "dtopp:0.5"],
+            vec!["no DTop-p scale tensor", "gate.scale"],
+        ),
+        (vec![], vec!["--routing"]),
+        (
+            vec!["--routing", "topk:2", "--map", path_str(&map)],
+            vec!["missing scale tensor model.layers.0.mlp.gate.tau"],
+        ),
+    ];
+    for (extra, needles) in cases {
+        let mut args = vec!["route", "--model", g, "--inputs", g, "--out", o];
+        args.extend(extra.iter());
+        assert_refused(&run(&args), 2, &needles);
+        assert!(!out.exists(), "{extra:?} wrote its output");
+    }
+    let model_cases = [
+        (
+            path_str(&golden),
+            path_str(&narrow),
+            vec!["width 31", "need width 32"],
+        ),
+        (
+            path_str(&bad_expert),
+            g,
+            vec!["experts.3.up_proj.weight", "[47, 32]", "expected [48, 32]"],
+        ),
+        (
+            path_str(&missing_expert),
+            g,
+            vec!["missing expert tensor", "experts.7"],
+        ),
+        (path_str(&no_moe), g, vec!["no MoE layers found", "--map"]),
+    ];
+    for (model, inputs, needles) in model_cases {
+        let args = [
+            "route",
+            "--model",
+            model,
+            "--inputs",
+            inputs,
+            "--routing",
+            "topk:2",
+            "--out",
+            o,
+        ];
+        assert_refused(&run(args), 2, &needles);
+        assert!(!out.exists());
+    }
+    // Calibration: bad settings and a batch larger than the inputs.
+    let calib = d.join("calib");
+    let c = path_str(&calib);
+    let mixtral = fixture("golden/moe-mixtral.safetensors");
+    let m = path_str(&mixtral);
+    for (extra, needles) in [
+        (
+            vec!["--target", "2", "--batch-tokens", "97"],
+            vec!["fewer than one batch"],
+        ),
+        (
+            vec!["--target", "9", "--batch-tokens", "8"],
+            vec!["--target 9"],
+        ),
+        (
+            vec!["--target", "2", "--batch-tokens", "8", "--p-min", "0"],
+            vec!["clamp range"],
+        ),
+        (
+            vec!["--target", "2", "--batch-tokens", "8", "--p0", "0.01"],
+            vec!["--p0"],
+        ),
+    ] {
+        let mut args = vec![
+            "route",
+            "--model",
+            m,
+            "--inputs",
+            m,
+            "--calibrate",
+            "--out",
+            c,
+        ];
+        args.extend(extra.iter());
+        assert_refused(&run(&args), 2, &needles);
+        assert!(!calib.exists(), "{extra:?}");
+    }
+    let args = [
+        "route",
+        "--model",
+        g,
+        "--inputs",
+        g,
+        "--calibrate",
+        "--target",
+        "2",
+        "--batch-tokens",
+        "8",
+        "--out",
+        c,
+    ];
+    assert_refused(&run(args), 2, &["no DTop-p scale tensor"]);
+    assert!(!calib.exists());
 }

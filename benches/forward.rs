@@ -22,15 +22,8 @@ use l3kit::verify::{self, Inputs, SourceOptions};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
+mod shared;
+use shared::median;
 
 fn forward(dir: &Path, reps: usize) {
     let opts = SourceOptions {

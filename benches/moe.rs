@@ -15,15 +15,8 @@ use l3kit::model::moe::{route_logits, MoeConfig, MoeLayer, Routing};
 use std::collections::HashMap;
 use std::time::Instant;
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
+mod shared;
+use shared::median;
 
 fn time(reps: usize, mut f: impl FnMut()) -> f64 {
     f();

@@ -59,9 +59,7 @@ fn main() {
         expert_hidden: h,
         shared_hidden: None,
     };
-    let randn = |shape: &[usize], std: f64| {
-        Tensor::randn(0f32, std as f32, shape, &dev).unwrap()
-    };
+    let randn = |shape: &[usize], std: f64| Tensor::randn(0f32, std as f32, shape, &dev).unwrap();
     let mut map = HashMap::new();
     map.insert(names.gate.clone(), randn(&[e, d], 1.5 / (d as f64).sqrt()));
     map.insert(

@@ -766,3 +766,111 @@ fn route_refuses_bad_input_and_writes_nothing() {
     assert_refused(&run(args), 2, &["no DTop-p scale tensor"]);
     assert!(!calib.exists());
 }
+
+// ---- the trained model as a whole decoder -------------------------------------------------
+
+/// `torch.linspace(start, end, steps)` in f32 (CPU kernel: the first half counts up from the
+/// start, the second half down from the end), truncated like `.long()`.
+fn torch_linspace_long(start: f32, end: f32, steps: usize) -> Vec<usize> {
+    let step = (end - start) / (steps - 1) as f32;
+    (0..steps)
+        .map(|i| {
+            let v = if i < steps / 2 {
+                start + step * i as f32
+            } else {
+                end - step * (steps - i - 1) as f32
+            };
+            v as usize
+        })
+        .collect()
+}
+
+#[test]
+fn trained_moe_decoder_matches_its_heldout_loss() {
+    use l3kit::model::decoder::Decoder;
+    use l3kit::model::runtime::L3Runtime;
+    let dir = fixture("trained-moe");
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    let want = cfg["results"]["heldout_loss"].as_f64().unwrap();
+    let dec = Decoder::open(&dir, &Default::default(), &Device::Cpu).unwrap();
+    let tok = tokenizers::Tokenizer::from_file(fixture("tokenizer/tiny-bpe-512.json")).unwrap();
+    let stream = l3kit::infer::eval::token_stream(
+        &[fixture("corpus/heldout.txt")],
+        None,
+        None,
+        false,
+        &tok,
+        None,
+        None,
+    )
+    .unwrap()
+    .ids;
+    // train_tiny.py's evaluate: 64 windows of T = 64 at linspace starts, one batch.
+    let t = 64;
+    let starts = torch_linspace_long(0.0, (stream.len() - t - 2) as f32, 64);
+    let rows: Vec<Vec<u32>> = starts.iter().map(|&s| stream[s..s + t].to_vec()).collect();
+    let mut cache = dec.new_cache();
+    let mut runtime = L3Runtime::new(0, false);
+    let logits = dec.forward(&rows, &mut cache, &mut runtime).unwrap();
+    let v = dec.vocab_size();
+    let logits = logits.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let mut nll = 0f64;
+    for (r, &s) in starts.iter().enumerate() {
+        for j in 0..t {
+            let row = &logits[(r * t + j) * v..(r * t + j + 1) * v];
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let lse = max
+                + row
+                    .iter()
+                    .map(|&x| (x as f64 - max).exp())
+                    .sum::<f64>()
+                    .ln();
+            nll += lse - row[stream[s + j + 1] as usize] as f64;
+        }
+    }
+    let loss = nll / (64 * t) as f64;
+    // The config records the loss to 4 decimals.
+    assert!(
+        (loss - want).abs() <= 1e-4,
+        "held-out loss {loss}, PyTorch {want}"
+    );
+}
+
+#[test]
+fn eval_runs_the_trained_moe_model_and_refuses_a_config_without_its_threshold() {
+    let model = fixture("trained-moe");
+    let tok = fixture("tokenizer/tiny-bpe-512.json");
+    let text = fixture("corpus/heldout.txt");
+    let args = |m: &Path| {
+        vec![
+            "--json".to_string(),
+            "eval".into(),
+            "--model".into(),
+            path_str(m).into(),
+            "--tokenizer".into(),
+            path_str(&tok).into(),
+            path_str(&text).into(),
+            "--max-tokens".into(),
+            "4000".into(),
+        ]
+    };
+    let out: serde_json::Value = serde_json::from_str(&assert_ok(&run(args(&model)))).unwrap();
+    let nll = out["result"]["mean_nll"].as_f64().unwrap();
+    // Far below the 6.2 of the untrained model, near the 3.77 of the trained one.
+    assert!(nll > 3.0 && nll < 4.5, "{nll}");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        model.join("model.safetensors"),
+        dir.path().join("model.safetensors"),
+    )
+    .unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(model.join("config.json")).unwrap()).unwrap();
+    cfg.as_object_mut().unwrap().remove("controller");
+    std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
+    assert_refused(&run(args(dir.path())), 2, &["controller.final_p"]);
+    cfg["routing"] = "topk:9".into();
+    std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
+    assert_refused(&run(args(dir.path())), 2, &["K = 9"]);
+}

@@ -377,12 +377,12 @@ impl Draw for Lines<'_> {
                     y_max = y_max.max(y);
                 }
             }
-            if !(x_min < x_max) {
+            if x_min >= x_max || !x_min.is_finite() {
                 // One batch (or none): widen to a visible span starting at 0.
                 x_min = x_min.min(0.0);
                 x_max = x_max.max(x_min + 1.0);
             }
-            if !(y_min < y_max) {
+            if y_min >= y_max || !y_min.is_finite() {
                 let c = if y_min.is_finite() { y_min } else { 0.0 };
                 (y_min, y_max) = (c - 0.5, c + 0.5);
             }

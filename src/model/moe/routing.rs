@@ -150,11 +150,15 @@ impl Routed {
     pub fn by_expert(&self) -> Vec<(Vec<u32>, Vec<f32>)> {
         let e = self.n_experts;
         let mut groups = vec![(Vec::new(), Vec::new()); e];
-        for t in 0..self.n_tokens {
-            for j in 0..e {
-                if self.chosen[t * e + j] != 0 {
-                    groups[j].0.push(t as u32);
-                    groups[j].1.push(self.weights[t * e + j]);
+        let rows = self
+            .chosen
+            .chunks_exact(e)
+            .zip(self.weights.chunks_exact(e));
+        for (t, (chosen, weights)) in rows.enumerate() {
+            for (g, (&c, &w)) in groups.iter_mut().zip(chosen.iter().zip(weights)) {
+                if c != 0 {
+                    g.0.push(t as u32);
+                    g.1.push(w);
                 }
             }
         }
@@ -263,7 +267,7 @@ pub fn route_logits(
 ) -> Result<Routed> {
     routing.check_experts(n_experts)?;
     let e = n_experts;
-    if logits.len() % e != 0 {
+    if !logits.len().is_multiple_of(e) {
         return Err(Error::Other(format!(
             "{} logits do not form rows of {e} experts",
             logits.len()

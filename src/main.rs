@@ -75,6 +75,15 @@ enum Command {
         Output: a safetensors file with `output.<layer name>` [N, d_in] (F32)."
     )]
     Forward(cli::forward::ForwardArgs),
+    /// Route hidden states through every MoE layer (Top-k, Top-p, DTop-p); --calibrate the PI controller.
+    #[command(after_help = "Examples:\n  \
+        l3kit route --model moe.safetensors --inputs captured.safetensors --routing topk:2\n  \
+        l3kit route --model ckpt/ --inputs h.safetensors --routing dtopp:0.7 --out decisions.safetensors --json\n  \
+        l3kit route --model ckpt/ --inputs h.safetensors --calibrate --target 2 --batch-tokens 512 --out calib/\n\n\
+        Inputs: `hidden` [N, d] or `hidden.<layer name>` per MoE layer (floats), optionally\n\
+        `token_ids` [N]. --out (routing): `experts.<layer>` U8 [N, E], `weights.<layer>` F32 [N, E].\n\
+        --out (calibrate): trajectory.csv/.json/.svg/.png and controller.json (for --resume).")]
+    Route(cli::route::RouteArgs),
     /// Perplexity and bits per byte of a whole model on text; --compare a packed folder with its source.
     #[command(after_help = "Examples:\n  \
         l3kit eval --model packed/ --tokenizer tokenizer.json heldout.txt\n  \
@@ -136,6 +145,7 @@ fn main() -> ExitCode {
         Command::Synth(args) => cli::synth::cmd_synth(args, cli.json),
         Command::Verify(args) => cli::verify::cmd_verify(args, &ui, cli.json),
         Command::Forward(args) => cli::forward::cmd_forward(args, cli.json),
+        Command::Route(args) => cli::route::cmd_route(args, &ui, cli.json),
         Command::Eval(args) => cli::eval::cmd_eval(args, &ui, cli.json),
         Command::Generate(args) => cli::generate::cmd_generate(args, cli.json),
         Command::Traffic(args) => cli::traffic::cmd_traffic(args, cli.json),

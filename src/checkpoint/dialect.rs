@@ -81,7 +81,7 @@ pub struct Detected {
     pub layers: Vec<LayerTensors>,
 }
 
-fn last_integer(name: &str) -> Option<u32> {
+pub(crate) fn last_integer(name: &str) -> Option<u32> {
     name.split('.').rev().find_map(|part| part.parse().ok())
 }
 

@@ -36,6 +36,7 @@ pub mod detect;
 pub mod dialect;
 mod index;
 pub mod map;
+pub mod moe;
 mod pickle;
 mod pytorch;
 

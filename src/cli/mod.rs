@@ -12,6 +12,7 @@ pub mod inspect;
 pub mod pack;
 pub mod plan;
 pub mod profile;
+pub mod route;
 pub mod synth;
 pub mod tokenize;
 pub mod traffic;

@@ -7,6 +7,7 @@ pub mod decoder;
 pub mod device;
 pub mod l3;
 pub mod load;
+pub mod moe;
 pub mod runtime;
 pub mod sampling;
 pub mod weights;

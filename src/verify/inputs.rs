@@ -22,59 +22,24 @@ pub struct Inputs {
 impl Inputs {
     /// Read `token_ids` and `hidden` / `hidden.<layer>` from a safetensors file.
     pub fn read(path: &Path) -> Result<Inputs> {
+        Self::read_with(path, true)
+    }
+
+    /// [`Inputs::read`] for readers that need no token ids (routers): without `token_ids`
+    /// the ids are empty and the hidden states only need to agree on their rows.
+    pub fn read_hidden(path: &Path) -> Result<Inputs> {
+        Self::read_with(path, false)
+    }
+
+    fn read_with(path: &Path, ids_required: bool) -> Result<Inputs> {
         let file = MappedSafetensors::open(path)?;
         let st = file.parse()?;
-        let ids = st
-            .tensor("token_ids")
-            .map_err(|_| Error::in_file(path, "missing tensor token_ids"))?;
-        if ids.shape().len() != 1 {
-            return Err(Error::in_file(
-                path,
-                format!("token_ids has shape {:?}, expected [N]", ids.shape()),
-            ));
-        }
-        let data = ids.data();
-        // Ids are read at their full width and checked here, so a bad one is reported as
-        // given (and where), not as what a narrowing cast made of it.
-        let wide: Vec<i64> = match ids.dtype() {
-            Dtype::I64 => data
-                .chunks_exact(8)
-                .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-                .collect(),
-            Dtype::I32 => data
-                .chunks_exact(4)
-                .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
-                .collect(),
-            Dtype::U32 => data
-                .chunks_exact(4)
-                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
-                .collect(),
-            other => {
-                return Err(Error::in_file(
-                    path,
-                    format!("token_ids has dtype {other:?}; expected I64, I32 or U32"),
-                ))
-            }
+        let token_ids = match st.tensor("token_ids") {
+            Ok(ids) => read_ids(path, &ids)?,
+            Err(_) if !ids_required => Vec::new(),
+            Err(_) => return Err(Error::in_file(path, "missing tensor token_ids")),
         };
-        if wide.is_empty() {
-            return Err(Error::in_file(
-                path,
-                "token_ids is empty: there is nothing to run",
-            ));
-        }
-        let token_ids = wide
-            .iter()
-            .enumerate()
-            .map(|(i, &v)| {
-                u32::try_from(v).map_err(|_| {
-                    Error::in_file(
-                        path,
-                        format!("token_ids[{i}] is {v}, not a token id (ids are 0 to 2^32 - 1)"),
-                    )
-                })
-            })
-            .collect::<Result<Vec<u32>>>()?;
-        let n = token_ids.len();
+        let mut n = (!token_ids.is_empty()).then_some(token_ids.len());
         let mut shared = None;
         let mut per_layer = BTreeMap::new();
         for (name, view) in st.tensors() {
@@ -91,16 +56,31 @@ impl Inputs {
                 return Err(Error::in_file(
                     path,
                     format!(
-                        "{name} is {:?} {shape:?}; expected floats [{n}, d_in] (one row per token id)",
+                        "{name} is {:?} {shape:?}; expected floats [N, d_in] (one row per position)",
                         view.dtype()
                     ),
                 ));
             };
-            if *rows != n {
-                return Err(Error::in_file(
-                    path,
-                    format!("{name} has {rows} rows for {n} token ids; expected [{n}, d_in]"),
-                ));
+            match n {
+                Some(n) if *rows != n => {
+                    let what = if token_ids.is_empty() {
+                        "the other hidden states' rows"
+                    } else {
+                        "token ids"
+                    };
+                    return Err(Error::in_file(
+                        path,
+                        format!("{name} has {rows} rows for {n} {what}; expected [{n}, d_in]"),
+                    ));
+                }
+                Some(_) => {}
+                None if *rows == 0 => {
+                    return Err(Error::in_file(
+                        path,
+                        format!("{name} has no rows: there is nothing to run"),
+                    ))
+                }
+                None => n = Some(*rows),
             }
             let width = *width;
             let mut values = Vec::new();
@@ -218,6 +198,56 @@ impl Inputs {
         }
         Ok((values, *width))
     }
+}
+
+/// The `token_ids` tensor [N], read at its full width and checked.
+fn read_ids(path: &Path, ids: &safetensors::tensor::TensorView<'_>) -> Result<Vec<u32>> {
+    if ids.shape().len() != 1 {
+        return Err(Error::in_file(
+            path,
+            format!("token_ids has shape {:?}, expected [N]", ids.shape()),
+        ));
+    }
+    let data = ids.data();
+    // Ids are read at their full width and checked here, so a bad one is reported as
+    // given (and where), not as what a narrowing cast made of it.
+    let wide: Vec<i64> = match ids.dtype() {
+        Dtype::I64 => data
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+            .collect(),
+        Dtype::I32 => data
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
+            .collect(),
+        Dtype::U32 => data
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
+            .collect(),
+        other => {
+            return Err(Error::in_file(
+                path,
+                format!("token_ids has dtype {other:?}; expected I64, I32 or U32"),
+            ))
+        }
+    };
+    if wide.is_empty() {
+        return Err(Error::in_file(
+            path,
+            "token_ids is empty: there is nothing to run",
+        ));
+    }
+    wide.iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            u32::try_from(v).map_err(|_| {
+                Error::in_file(
+                    path,
+                    format!("token_ids[{i}] is {v}, not a token id (ids are 0 to 2^32 - 1)"),
+                )
+            })
+        })
+        .collect::<Result<Vec<u32>>>()
 }
 
 /// SplitMix64 with a Box-Muller normal: reproducible on every platform.

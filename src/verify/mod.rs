@@ -4,6 +4,7 @@
 
 pub mod forward;
 pub mod inputs;
+pub mod route;
 
 pub use crate::model::load::{
     is_packed, load, load_packed, load_packed_model, load_source, LoadedLayer, LoadedModel,

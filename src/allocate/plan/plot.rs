@@ -1,5 +1,6 @@
-//! The planner's pictures, drawn with plotters: the coverage / E[d_t] frontier and the
-//! rank / rows plot of an allocation, each as SVG and PNG.
+//! l3kit's pictures, drawn with plotters: the planner's coverage / E[d_t] frontier and the
+//! rank / rows plot of an allocation, and plain line panels (`route --calibrate`'s controller
+//! trajectory), each as SVG and PNG.
 //!
 //! PNGs are rasterised by plotters' bitmap backend with ab_glyph text, from a subset of
 //! DejaVu Sans embedded in the binary (`fixtures/fonts/`, Bitstream Vera licence), so nothing
@@ -8,7 +9,7 @@
 
 use crate::util::atomic_file;
 use crate::util::error::{Error, Result};
-use plotters::coord::Shift;
+use plotters::coord::{CoordTranslate, Shift};
 use plotters::prelude::*;
 use std::path::Path;
 use std::sync::Once;
@@ -163,15 +164,7 @@ where
         .light_line_style(RGBColor(235, 235, 235))
         .draw()?;
     for c in &p.curves {
-        let col = color(c.color);
-        chart
-            .draw_series(LineSeries::new(
-                c.points.iter().copied(),
-                col.stroke_width(2),
-            ))?
-            .label(c.label.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], col.stroke_width(2)));
-        chart.draw_series(c.points.iter().map(|&pt| Circle::new(pt, 2, col.filled())))?;
+        draw_curve(&mut chart, c)?;
     }
     if !p.lzw.is_empty() {
         chart
@@ -189,10 +182,42 @@ where
             .label(p.paper_label.clone())
             .legend(|(x, y)| TriangleMarker::new((x + 9, y), 6, BLACK.filled()));
     }
+    draw_legend(&mut chart, SeriesLabelPosition::LowerRight, 12)
+}
+
+/// A curve with its points marked, and its legend entry.
+fn draw_curve<'a, DB, CT>(chart: &mut ChartContext<'a, DB, CT>, c: &Series) -> DrawResult
+where
+    DB: DrawingBackend + 'a,
+    DB::ErrorType: 'static,
+    CT: CoordTranslate<From = (f64, f64)>,
+{
+    let col = color(c.color);
+    chart
+        .draw_series(LineSeries::new(
+            c.points.iter().copied(),
+            col.stroke_width(2),
+        ))?
+        .label(c.label.clone())
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], col.stroke_width(2)));
+    chart.draw_series(c.points.iter().map(|&pt| Circle::new(pt, 2, col.filled())))?;
+    Ok(())
+}
+
+fn draw_legend<'a, DB, CT>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    position: SeriesLabelPosition,
+    font: u32,
+) -> DrawResult
+where
+    DB: DrawingBackend + 'a,
+    DB::ErrorType: 'static,
+    CT: CoordTranslate,
+{
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .label_font((FAMILY, 12))
+        .position(position)
+        .label_font((FAMILY, font))
         .background_style(WHITE.mix(0.85))
         .border_style(RGBColor(180, 180, 180))
         .draw()?;
@@ -275,14 +300,7 @@ impl Draw for RankRows<'_> {
                 .label(s.label.clone())
                 .legend(move |(x, y)| Circle::new((x + 9, y), 4, col.filled()));
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .label_font((FAMILY, 14))
-            .background_style(WHITE.mix(0.85))
-            .border_style(RGBColor(180, 180, 180))
-            .draw()?;
-        Ok(())
+        draw_legend(&mut chart, SeriesLabelPosition::UpperRight, 14)
     }
 }
 
@@ -323,4 +341,97 @@ pub fn rank_rows(
         svg,
         png,
     )
+}
+
+/// One panel of [`lines`]: curves on linear axes, with optional horizontal reference lines.
+#[derive(Clone, Debug)]
+pub struct LinePanel {
+    pub title: String,
+    pub x_label: String,
+    pub y_label: String,
+    pub curves: Vec<Series>,
+    /// (y, label) drawn dashed across the panel.
+    pub references: Vec<(f64, String)>,
+}
+
+struct Lines<'a>(&'a [LinePanel]);
+
+impl Draw for Lines<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult
+    where
+        DB::ErrorType: 'static,
+    {
+        root.fill(&WHITE)?;
+        let areas = root.split_evenly((self.0.len().max(1), 1));
+        for (p, area) in self.0.iter().zip(areas.iter()) {
+            let pts = p.curves.iter().flat_map(|c| c.points.iter().copied());
+            let (mut x_min, mut x_max) = (f64::INFINITY, f64::NEG_INFINITY);
+            let (mut y_min, mut y_max) = (f64::INFINITY, f64::NEG_INFINITY);
+            for (x, y) in pts.chain(p.references.iter().map(|r| (f64::NAN, r.0))) {
+                if x.is_finite() {
+                    x_min = x_min.min(x);
+                    x_max = x_max.max(x);
+                }
+                if y.is_finite() {
+                    y_min = y_min.min(y);
+                    y_max = y_max.max(y);
+                }
+            }
+            if x_min >= x_max || !x_min.is_finite() {
+                // One batch (or none): widen to a visible span starting at 0.
+                x_min = x_min.min(0.0);
+                x_max = x_max.max(x_min + 1.0);
+            }
+            if y_min >= y_max || !y_min.is_finite() {
+                let c = if y_min.is_finite() { y_min } else { 0.0 };
+                (y_min, y_max) = (c - 0.5, c + 0.5);
+            }
+            let pad = (y_max - y_min) * 0.08;
+            let mut chart = ChartBuilder::on(area)
+                .caption(&p.title, (FAMILY, 18))
+                .margin(12)
+                .x_label_area_size(40)
+                .y_label_area_size(56)
+                .build_cartesian_2d(x_min..x_max, (y_min - pad)..(y_max + pad))?;
+            chart
+                .configure_mesh()
+                .x_desc(&p.x_label)
+                .y_desc(&p.y_label)
+                .label_style((FAMILY, 14))
+                .axis_desc_style((FAMILY, 14))
+                .x_label_formatter(&|x| {
+                    if x.fract() == 0.0 {
+                        format!("{x:.0}")
+                    } else {
+                        format!("{x:.1}")
+                    }
+                })
+                .y_label_formatter(&|y| format!("{y:.3}"))
+                .light_line_style(RGBColor(235, 235, 235))
+                .draw()?;
+            for (y, label) in &p.references {
+                let grey = RGBColor(120, 120, 120);
+                chart
+                    .draw_series(DashedLineSeries::new(
+                        [(x_min, *y), (x_max, *y)],
+                        6,
+                        4,
+                        grey.stroke_width(1),
+                    ))?
+                    .label(label.clone())
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], grey));
+            }
+            for c in &p.curves {
+                draw_curve(&mut chart, c)?;
+            }
+            draw_legend(&mut chart, SeriesLabelPosition::UpperRight, 12)?;
+        }
+        Ok(())
+    }
+}
+
+/// Panels of line curves stacked top to bottom.
+pub fn lines(panels: &[LinePanel], svg: &Path, png: &Path) -> Result<()> {
+    let height = 360 * panels.len().max(1) as u32;
+    render_with(&Lines(panels), (900, height), svg, png)
 }

@@ -25,6 +25,11 @@ impl<'a> Weights<'a> {
         }
     }
 
+    /// The reader the weights come from (for layers that load their own tensors).
+    pub fn reader(&self) -> &'a dyn TensorReader {
+        self.reader
+    }
+
     pub fn has(&self, name: &str) -> bool {
         self.reader.tensor(name).is_some()
     }

@@ -220,7 +220,7 @@ pub fn family_config(model: &Path) -> Result<FamilyConfig> {
         let value: serde_json::Value = serde_json::from_slice(&bytes)
             .map_err(|e| Error::in_file(&config, format!("not valid JSON: {e}")))?;
         match value.get("model_type").and_then(|v| v.as_str()) {
-            Some("l3-tiny-trained") => {
+            Some("l3-tiny-trained" | "tiny-moe-dtopp-trained" | "tiny-moe-topk-trained") => {
                 let cfg: TinyConfig = serde_json::from_value(value)
                     .map_err(|e| Error::in_file(&config, format!("{e}")))?;
                 cfg.check(&config)?;

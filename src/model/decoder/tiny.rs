@@ -2,12 +2,20 @@
 //! with learned positions, a GELU MLP, RMSNorms with weights, tied input/output embeddings, no
 //! biases, and paper-dialect L3 sublayers after given blocks whose output *replaces* the hidden
 //! state. Configured by the model's `config.json` (`model_type: "l3-tiny-trained"`).
+//!
+//! The same skeleton with MoE sublayers instead (`fixtures/train_moe.py`, `model_type:
+//! "tiny-moe-dtopp-trained"` or `"tiny-moe-topk-trained"`): after each block i of
+//! `moe_layers`, `x <- x + MoE_i(RMSNorm_i(x))`, with SwiGLU experts under
+//! `moe.{i}.block_sparse_moe` (Mixtral names) and routing fixed at evaluation: DTop-p at the
+//! controller's final p, or the mode string the config records.
 
 use super::blocks::{
     attention, causal_mask, ce, embed, merge_heads, rms_norm, split_heads, KvCache, LayerCache,
     Linear, Weights,
 };
 use super::{refuse_unknown, L3Slot};
+use crate::checkpoint::moe::{ExpertTensors, MoeTensors};
+use crate::model::moe::{routing::DTOPP_EPS, MoeLayer, Routing};
 use crate::util::error::{Error, Result};
 use candle_core::{Device, Tensor};
 use serde::Deserialize;
@@ -31,6 +39,24 @@ pub struct TinyConfig {
     pub mlp_activation: String,
     #[serde(default = "learned")]
     pub positions: String,
+    /// Blocks followed by an MoE sublayer (MoE models only).
+    #[serde(default)]
+    pub moe_layers: Vec<usize>,
+    #[serde(default)]
+    pub experts: usize,
+    #[serde(default)]
+    pub expert_hidden: usize,
+    #[serde(default)]
+    pub shared_experts: usize,
+    #[serde(default)]
+    pub expert_activation: Option<String>,
+    /// `dtopp` (at `controller.final_p`), or a full mode string (`topk:2`).
+    #[serde(default)]
+    pub routing: Option<String>,
+    #[serde(default)]
+    pub dtopp: Option<serde_json::Value>,
+    #[serde(default)]
+    pub controller: Option<serde_json::Value>,
     /// Everything else in the file: descriptive keys are fine, an option that would change
     /// the computation is refused by name.
     #[serde(flatten)]
@@ -61,6 +87,10 @@ const DESCRIPTIVE: &[&str] = &[
     "log",
     "capture_checks",
     "l3",
+    "moe_placement",
+    "moe_names",
+    "controller_tracking",
+    "trajectory",
 ];
 
 impl TinyConfig {
@@ -103,8 +133,70 @@ impl TinyConfig {
                 self.n_layer
             ));
         }
+        if !self.moe_layers.is_empty() {
+            if let Some(&i) = self.moe_layers.iter().find(|&&i| i >= self.n_layer) {
+                return bad(format!(
+                    "moe_layers names block {i}, but the model has {} blocks",
+                    self.n_layer
+                ));
+            }
+            if let Some(i) = self.moe_layers.iter().find(|i| self.l3_layers.contains(i)) {
+                return bad(format!(
+                    "block {i} is followed by both an L3 and an MoE sublayer; this family has one per block"
+                ));
+            }
+            if self.experts == 0 || self.expert_hidden == 0 {
+                return bad("an MoE model needs experts and expert_hidden above 0".into());
+            }
+            if self.expert_activation.as_deref().unwrap_or("swiglu") != "swiglu" {
+                return bad(format!(
+                    "expert_activation {:?} is not supported (the experts are SwiGLU)",
+                    self.expert_activation
+                ));
+            }
+            if let Some(eps) = self.dtopp.as_ref().and_then(|v| v.get("eps")) {
+                if eps.as_f64().map(|e| e as f32) != Some(DTOPP_EPS) {
+                    return bad(format!(
+                        "dtopp.eps {eps} is not the epsilon l3kit's DTop-p uses ({DTOPP_EPS})"
+                    ));
+                }
+            }
+            self.moe_routing()
+                .map_err(|e| Error::in_file(path, e.to_string()))?;
+        }
         Ok(())
     }
+
+    /// How the MoE sublayers route at evaluation.
+    pub fn moe_routing(&self) -> Result<Routing> {
+        match self.routing.as_deref() {
+            Some("dtopp") => {
+                let p = self
+                    .controller
+                    .as_ref()
+                    .and_then(|c| c.get("final_p"))
+                    .and_then(|p| p.as_f64())
+                    .ok_or_else(|| {
+                        Error::input(
+                            "routing \"dtopp\" needs the threshold controller.final_p (a number)",
+                        )
+                    })?;
+                Routing::parse(&format!("dtopp:{p}"))
+            }
+            Some(mode) => Routing::parse(mode),
+            None => Err(Error::input(
+                "an MoE model needs `routing` (dtopp with controller.final_p, or a mode string)",
+            )),
+        }
+    }
+}
+
+/// One MoE sublayer: its pre-norm, its layer and how it routes.
+struct MoeSublayer {
+    block: usize,
+    norm: Tensor,
+    layer: MoeLayer,
+    routing: Routing,
 }
 
 struct Block {
@@ -121,6 +213,7 @@ pub struct TinyLm {
     wte: Tensor,
     wpe: Tensor,
     blocks: Vec<Block>,
+    moe: Vec<MoeSublayer>,
     ln_f: Tensor,
     /// The output head: the embedding, transposed once.
     head_t: Tensor,
@@ -144,6 +237,48 @@ impl TinyLm {
                 fc_proj: Linear::load(w, &p("mlp.proj.weight"), d, h)?,
             });
         }
+        let mut moe = Vec::with_capacity(cfg.moe_layers.len());
+        for &i in &cfg.moe_layers {
+            let prefix = format!("moe.{i}.block_sparse_moe");
+            let expert = |kind: &str, j: usize| ExpertTensors {
+                w1: format!("{prefix}.{kind}.{j}.w1.weight"),
+                w2: format!("{prefix}.{kind}.{j}.w2.weight"),
+                w3: format!("{prefix}.{kind}.{j}.w3.weight"),
+            };
+            let scale = format!("{prefix}.gate.scale");
+            let names = MoeTensors {
+                layer_id: Some(i as u32),
+                scheme: "mixtral".into(),
+                gate: format!("{prefix}.gate.weight"),
+                scale: w.has(&scale).then_some(scale),
+                experts: (0..cfg.experts).map(|j| expert("experts", j)).collect(),
+                shared: (0..cfg.shared_experts)
+                    .map(|j| expert("shared_experts", j))
+                    .collect(),
+                d_model: d,
+                n_experts: cfg.experts,
+                expert_hidden: cfg.expert_hidden,
+                shared_hidden: (cfg.shared_experts > 0).then_some(cfg.expert_hidden),
+                name: prefix,
+            };
+            let routing = cfg.moe_routing()?;
+            if routing.needs_scale() && names.scale.is_none() {
+                return Err(Error::in_file(
+                    w.reader().origin(),
+                    format!(
+                        "routing {routing} needs the scale tensor {}.gate.scale",
+                        names.name
+                    ),
+                ));
+            }
+            routing.check_experts(cfg.experts)?;
+            moe.push(MoeSublayer {
+                block: i,
+                norm: w.get(&format!("moe.{i}.norm.weight"), &[d])?,
+                layer: MoeLayer::load(w.reader(), &names, w.device())?,
+                routing,
+            });
+        }
         let ln_f = w.get("ln_f.weight", &[d])?;
         let head_t = wte.t().and_then(|t| t.contiguous()).map_err(ce)?;
         Ok(TinyLm {
@@ -151,6 +286,7 @@ impl TinyLm {
             wte,
             wpe,
             blocks,
+            moe,
             ln_f,
             head_t,
             device: w.device().clone(),
@@ -220,6 +356,12 @@ impl TinyLm {
                 // Replace residual: the L3 layer's output is the new hidden state.
                 let flat = x.reshape((b * t, d)).map_err(ce)?;
                 x = l3(i, &flat)?.reshape((b, t, d)).map_err(ce)?;
+            }
+            if let Some(m) = self.moe.iter().find(|m| m.block == i) {
+                let flat = x.reshape((b * t, d)).map_err(ce)?;
+                let h = rms_norm(&flat, Some(&m.norm), self.cfg.norm_eps).map_err(ce)?;
+                let (y, _) = m.layer.forward(&h, m.routing)?;
+                x = (x + y.reshape((b, t, d)).map_err(ce)?).map_err(ce)?;
             }
         }
         let out = rms_norm(&x, Some(&self.ln_f), self.cfg.norm_eps)

@@ -58,33 +58,100 @@ def _from_torch(x: Any) -> Any:
     return x
 
 
-def _ids(seq: Any, where: str) -> np.ndarray:
-    """One sequence of token ids as a uint32 array, or BadInputError naming `where`."""
+def _ids(seq: Any, where: Any) -> np.ndarray:
+    """Token ids as a uint32 array, or BadInputError naming the place of a bad value.
+
+    `where(pos)` gives (name, position) of the id at flat position `pos`, so that a batch of
+    sequences converted at once still names the sequence an id came from."""
     seq = _from_torch(seq)
     if isinstance(seq, (str, bytes)):
-        raise BadInputError(f"{where} is a {type(seq).__name__}, not a sequence of token ids")
+        raise BadInputError(f"{where(0)[0]} is a {type(seq).__name__}, not a sequence of token ids")
     try:
         arr = np.asarray(seq)
-    except (TypeError, ValueError) as e:
-        raise BadInputError(f"{where} is not a sequence of token ids: {e}") from None
+    except (TypeError, ValueError, OverflowError) as e:
+        raise BadInputError(f"{where(0)[0]} is not a sequence of token ids: {e}") from None
     if arr.size == 0:
         return np.zeros(0, dtype=np.uint32)
     if arr.ndim != 1:
-        raise BadInputError(f"{where} has shape {arr.shape}; a sequence of token ids is 1-D")
+        raise BadInputError(f"{where(0)[0]} has shape {arr.shape}; a sequence of token ids is 1-D")
     if arr.dtype.kind not in "iu":
-        raise BadInputError(
-            f"{where} holds {arr.dtype} values; token ids are integers"
-        )
+        raise BadInputError(f"{where(0)[0]} holds {arr.dtype} values; token ids are integers")
     if arr.dtype == np.uint32:
         return np.ascontiguousarray(arr)
     lo, hi = int(arr.min()), int(arr.max())
     if lo < 0 or hi > _U32_MAX:
         pos = int(np.argmax(arr < 0)) if lo < 0 else int(np.argmax(arr > _U32_MAX))
+        name, at = where(pos)
         raise BadInputError(
-            f"{where}: token id {int(arr[pos])} at position {pos} is not a token id "
+            f"{name}: token id {int(arr[pos])} at position {at} is not a token id "
             f"(ids are 0 to 2^32 - 1, and below the vocabulary size)"
         )
     return arr.astype(np.uint32)
+
+
+class _Batch:
+    """Sequences gathered for one call into the scanner: numpy arrays as they come, runs of
+    Python lists joined into one list first (one conversion instead of one per sequence)."""
+
+    def __init__(self) -> None:
+        self.parts: list = []
+        self.lengths: list = []
+        self.ids = 0
+        self._list: list = []
+        self._list_first = 0  # index of the first sequence in `_list`
+        self._list_lengths: list = []
+
+    def add(self, i: int, seq: Any) -> None:
+        if isinstance(seq, (list, tuple)):
+            if not self._list_lengths:
+                self._list_first = i
+            self._list.extend(seq)
+            self._list_lengths.append(len(seq))
+        else:
+            self._join_lists()
+            ids = _ids(seq, lambda pos: (f"sequence {i}", pos))
+            self.parts.append(ids)
+            self.lengths.append(len(ids))
+        self.ids += self._list_lengths[-1] if self._list_lengths else self.lengths[-1]
+
+    def _join_lists(self) -> None:
+        if not self._list_lengths:
+            return
+        first, lengths = self._list_first, self._list_lengths
+        ends = np.cumsum(lengths)
+
+        def where(pos: int) -> tuple:
+            k = int(np.searchsorted(ends, pos, side="right"))
+            return f"sequence {first + k}", pos - (int(ends[k - 1]) if k else 0)
+
+        try:
+            arr = np.asarray(self._list)
+        except (TypeError, ValueError, OverflowError):
+            arr = None
+        if arr is None or arr.dtype.kind not in "iu":
+            # Only on failure: find the first value that is no token id, to name it.
+            bad = next(
+                k for k, x in enumerate(self._list)
+                if isinstance(x, bool)
+                or not isinstance(x, (int, np.integer))
+                or not 0 <= x <= _U32_MAX
+            )
+            name, at = where(bad)
+            raise BadInputError(
+                f"{name}: {self._list[bad]!r} at position {at} is not a token id (an integer "
+                "from 0 to 2^32 - 1, below the vocabulary size)"
+            )
+        self.parts.append(_ids(arr, where))
+        self.lengths.extend(lengths)
+        self._list, self._list_lengths = [], []
+
+    def scan_into(self, scanner: Any) -> None:
+        self._join_lists()
+        offsets = np.zeros(len(self.lengths) + 1, dtype=np.uint64)
+        np.cumsum(self.lengths, out=offsets[1:])
+        flat = np.concatenate(self.parts) if self.parts else np.zeros(0, dtype=np.uint32)
+        scanner.scan_batch(flat.astype(np.uint32, copy=False), offsets)
+        self.__init__()
 
 
 def lzw_allocation(
@@ -145,14 +212,16 @@ def lzw_allocation(
     if isinstance(sequences, np.ndarray):
         if sequences.ndim == 2 and seq_len is None and separator is None:
             rows = sequences.shape[1]
-            scanner.scan_flat(_ids(sequences.reshape(-1), "sequences"), seq_len=max(rows, 1))
+            flat = _ids(sequences.reshape(-1), lambda pos: (f"sequence {pos // rows}", pos % rows))
+            scanner.scan_flat(flat, seq_len=max(rows, 1))
         elif sequences.ndim == 1:
             if seq_len is None and separator is None:
                 raise BadInputError(
                     "one flat array of ids needs seq_len= or separator= to be cut into "
                     "sequences (for a single sequence, pass [array])"
                 )
-            scanner.scan_flat(_ids(sequences, "sequences"), separator=separator, seq_len=seq_len)
+            flat = _ids(sequences, lambda pos: ("sequences", pos))
+            scanner.scan_flat(flat, separator=separator, seq_len=seq_len)
         else:
             raise BadInputError(
                 f"sequences has shape {sequences.shape}: give a 1-D array with seq_len= or "
@@ -165,27 +234,13 @@ def lzw_allocation(
         raise BadInputError(
             f"sequences is a {type(sequences).__name__}, not an iterable of token id sequences"
         )
-    parts: list = []
-    lengths: list = []
-    held = 0
+    batch = _Batch()
     for i, seq in enumerate(sequences):
-        ids = _ids(seq, f"sequence {i}")
-        parts.append(ids)
-        lengths.append(len(ids))
-        held += len(ids)
-        if held >= _BATCH_IDS:
-            _scan_batch(scanner, parts, lengths)
-            parts, lengths, held = [], [], 0
-    if parts:
-        _scan_batch(scanner, parts, lengths)
+        batch.add(i, _from_torch(seq))
+        if batch.ids >= _BATCH_IDS:
+            batch.scan_into(scanner)
+    batch.scan_into(scanner)
     return scanner.allocate(n_emb, k_max, fill)
-
-
-def _scan_batch(scanner: Any, parts: list, lengths: list) -> None:
-    offsets = np.zeros(len(lengths) + 1, dtype=np.uint64)
-    np.cumsum(lengths, out=offsets[1:])
-    flat = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint32)
-    scanner.scan_batch(flat.astype(np.uint32, copy=False), offsets)
 
 
 # ---- profiles and allocations -------------------------------------------------------------

@@ -689,12 +689,12 @@ impl NativePacked {
     }
 }
 
-/// Every tensor of a checkpoint (safetensors, sharded, PyTorch): (name, dtype, shape, bytes).
+/// One tensor as handed to Python: name, safetensors dtype name, shape, raw bytes.
+type RawTensor<'py> = (String, String, Vec<usize>, Bound<'py, PyArray1<u8>>);
+
+/// Every tensor of a checkpoint (safetensors, sharded, PyTorch).
 #[pyfunction]
-fn read_checkpoint<'py>(
-    py: Python<'py>,
-    path: PathBuf,
-) -> PyResult<Vec<(String, String, Vec<usize>, Bound<'py, PyArray1<u8>>)>> {
+fn read_checkpoint<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Vec<RawTensor<'py>>> {
     let tensors = py
         .detach(|| {
             let ck = Checkpoint::open(&path)?;

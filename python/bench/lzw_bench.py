@@ -1,22 +1,30 @@
 """Benchmark: `l3kit.lzw_allocation` vs the reference Python code (fixtures/lzw_reference.py).
 
     python python/bench/lzw_bench.py [--tokens 10000000] [--reference-tokens N] [--reps 5]
+        [--cli target/release/l3kit]
 
 Both start from the same numpy array of ids (Zipf(1.1) over a 50K vocabulary, rank r mapped to
 a fixed random id, seeded; cut into sequences of 1024) and end with the bounds of the LZW
 allocation at 3.9 rows per token, k_max 512. l3kit takes the flat array with seq_len=1024;
 the reference needs Python lists, so its time includes `tolist()` (a small share). Each
 measurement is repeated and the median printed with min and max; the bounds of the two are
-compared whenever both ran on the same ids. docs/benchmarks.md has the figures.
+compared whenever both ran on the same ids. With --cli, the same ids written to a .u32 file go
+through `l3kit profile --seq-len 1024` and `l3kit allocate` too (wall clock of both processes,
+writing the file excluded), for the CLI's figure side by side. docs/benchmarks.md has the
+figures.
 """
 
 import argparse
 import importlib.util
+import json
 import statistics
+import subprocess
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from safetensors.numpy import load_file
 
 import l3kit
 
@@ -78,6 +86,7 @@ def main():
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--rows-per-token", type=float, default=3.9)
     ap.add_argument("--k-max", type=int, default=512)
+    ap.add_argument("--cli", default=None, help="an l3kit binary to time on the same ids")
     a = ap.parse_args()
     ids = zipf_ids(a.tokens, a.vocab, a.zipf, a.seed)
     n_emb = round(a.rows_per_token * a.vocab)
@@ -88,6 +97,24 @@ def main():
 
     times, bounds = timed(a.reps, lambda: ours(ids))
     fast = report("l3kit.lzw_allocation", a.tokens, times)
+
+    if a.cli:
+        with tempfile.TemporaryDirectory(prefix="l3kit-lzw-bench-") as tmp:
+            ids_file, prof, out = f"{tmp}/ids.u32", f"{tmp}/p.safetensors", f"{tmp}/a.safetensors"
+            ids.astype("<u4").tofile(ids_file)
+
+            def cli():
+                base = [a.cli, "--quiet", "--json"]
+                subprocess.run(base + ["profile", "--vocab-size", str(a.vocab), "--seq-len", str(a.seq_len),
+                                       ids_file, "--out", prof], check=True, capture_output=True)
+                r = subprocess.run(base + ["allocate", "--profile", prof, "--n-emb", str(n_emb), "--k-max",
+                                           str(a.k_max), "--fill", "frequency", "--out", out],
+                                   check=True, capture_output=True)
+                return json.loads(r.stdout)
+
+            times, _ = timed(a.reps, cli)
+            report("l3kit CLI (profile + allocate)", a.tokens, times)
+            assert np.array_equal(load_file(out)["bounds"], bounds), "the CLI's bounds differ"
 
     ref = reference()
     ref_n = a.reference_tokens or a.tokens

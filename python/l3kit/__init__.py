@@ -457,12 +457,10 @@ def profile(
         add_special_tokens,
         _size(max_sequence_bytes, "max_sequence_bytes"),
         lzw,
+        _path(out),
         progress,
     )
-    p = Profile(native, json.loads(summary))
-    if out is not None:
-        p.save(out)
-    return p
+    return Profile(native, json.loads(summary), _path(out))
 
 
 def plan(

@@ -93,6 +93,7 @@ def profile(
     add_special_tokens: bool,
     max_sequence_bytes: int,
     lzw: str,
+    out: Optional[str],
     progress: bool,
 ) -> tuple[NativeProfile, str]: ...
 def plan(

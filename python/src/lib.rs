@@ -290,9 +290,18 @@ impl NativeProfile {
         Ok(NativeProfile { profile })
     }
 
+    /// Write the profile, never over one of the files it was made from.
     fn save(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+        let inputs: Vec<PathBuf> = self
+            .profile
+            .meta
+            .inputs
+            .iter()
+            .map(|i| PathBuf::from(&i.path))
+            .collect();
+        let inputs: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
         py.detach(|| {
-            check_output(&path, &[], OutputKind::File, "path")?;
+            check_output(&path, &inputs, OutputKind::File, "path")?;
             self.profile.write(&path)
         })
         .py()
@@ -485,7 +494,7 @@ impl NativeAllocation {
 #[allow(clippy::too_many_arguments)]
 #[pyfunction]
 #[pyo3(signature = (inputs, tokenizer, format, field, vocab_size, separator, seq_len,
-    max_tokens, add_special_tokens, max_sequence_bytes, lzw, progress))]
+    max_tokens, add_special_tokens, max_sequence_bytes, lzw, out, progress))]
 fn profile(
     py: Python<'_>,
     inputs: Vec<PathBuf>,
@@ -499,6 +508,7 @@ fn profile(
     add_special_tokens: bool,
     max_sequence_bytes: u64,
     lzw: &str,
+    out: Option<PathBuf>,
     progress: bool,
 ) -> PyResult<(NativeProfile, String)> {
     let split = match (separator, seq_len) {
@@ -508,6 +518,12 @@ fn profile(
         (None, Some(n)) => Some(IdSplit::SeqLen(n)),
         (None, None) => None,
     };
+    if let Some(out) = &out {
+        // Before the work, as the CLI does: a run that cannot write its output does not start.
+        let mut given: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
+        given.extend(tokenizer.as_deref());
+        check_output(out, &given, OutputKind::File, "out").py()?;
+    }
     let opts = ProfileOptions {
         inputs,
         format: opt_choice::<InputFormat>(format, "format")?,
@@ -520,7 +536,15 @@ fn profile(
         variant: choice(lzw, "lzw")?,
         max_sequence_bytes: usize::try_from(max_sequence_bytes).unwrap_or(usize::MAX),
     };
-    let (profile, summary) = py.detach(|| profiling::run(&opts, &ui(progress))).py()?;
+    let (profile, summary) = py
+        .detach(|| {
+            let (profile, summary) = profiling::run(&opts, &ui(progress))?;
+            if let Some(out) = &out {
+                profile.write(out)?;
+            }
+            Ok((profile, summary))
+        })
+        .py()?;
     Ok((NativeProfile { profile }, to_json(&summary)?))
 }
 

@@ -160,3 +160,34 @@ def test_help_explains_the_quirks():
     doc = l3kit.lzw_allocation.__doc__
     for quirk in ("breaking token is consumed", "resets", "stable sort", "k_max", "skipped"):
         assert quirk in doc
+
+
+def test_torch_tensors_are_read_through_numpy(monkeypatch):
+    # torch is not a dependency; a stand-in module exercises the same path (isinstance against
+    # torch.Tensor, then .detach().cpu().numpy()), taken only when "torch" is imported.
+    import sys
+    import types
+
+    class Tensor:
+        def __init__(self, a):
+            self.a = a
+
+        def detach(self):
+            return self
+
+        def cpu(self):
+            return self
+
+        def numpy(self):
+            return self.a
+
+    fake = types.ModuleType("torch")
+    fake.Tensor = Tensor
+    monkeypatch.setitem(sys.modules, "torch", fake)
+    rng = np.random.default_rng(5)
+    seqs = [rng.integers(0, 40, 300) for _ in range(20)]
+    want = l3kit.lzw_allocation(seqs, 40, 200, 16)
+    assert np.array_equal(l3kit.lzw_allocation([Tensor(s) for s in seqs], 40, 200, 16), want)
+    assert np.array_equal(l3kit.lzw_allocation(Tensor(np.stack(seqs)), 40, 200, 16), want)
+    flat = Tensor(np.concatenate(seqs))
+    assert np.array_equal(l3kit.lzw_allocation(flat, 40, 200, 16, seq_len=300), want)

@@ -107,3 +107,19 @@ def test_bad_profile_inputs_raise_bad_input(tmp_path):
         p.allocate(n_emb=100000, method="optimal", max_bytes_per_token="lots", d_in=64)
     with pytest.raises(l3kit.BadInputError, match="nope.json: no such file"):
         p.allocate(n_emb=100000, tokenizer=tmp_path / "nope.json")
+
+
+def test_outputs_never_replace_an_input(tmp_path):
+    # On a copy: a failure here must not be able to touch the bundled corpus.
+    text = tmp_path / "held.txt"
+    text.write_bytes(HELDOUT.read_bytes())
+    with pytest.raises(l3kit.BadInputError, match="out"):
+        l3kit.profile(text, tokenizer=GPT2, out=text)
+    p = l3kit.profile(text, tokenizer=GPT2)
+    with pytest.raises(l3kit.BadInputError, match="path"):
+        p.save(text)
+    assert text.read_bytes() == HELDOUT.read_bytes()
+    p.save(tmp_path / "p.safetensors")
+    assert l3kit.Profile.load(tmp_path / "p.safetensors").content_sha256 == p.content_sha256
+    with pytest.raises(l3kit.BadInputError, match="out"):
+        l3kit.plan(tmp_path / "p.safetensors", out=tmp_path / "p.safetensors")

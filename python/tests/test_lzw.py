@@ -8,7 +8,7 @@ import pytest
 from safetensors.numpy import load_file
 
 import l3kit
-from conftest import FIXTURES, GPT2, TRAIN, cli
+from conftest import FIXTURES, cli
 
 BUDGETS = [(150000, 64), (201028, 512)]
 

@@ -3,7 +3,7 @@
 use super::{print_json, source_options, SourceArgs};
 use clap::Args;
 use l3kit::util::progress::Ui;
-use l3kit::{Error, Result};
+use l3kit::Result;
 use std::path::PathBuf;
 
 #[derive(Args)]
@@ -111,31 +111,5 @@ pub(crate) fn cmd_verify(args: VerifyArgs, ui: &Ui, json: bool) -> Result<()> {
         }
         println!("{}", if report.passed { "passed" } else { "FAILED" });
     }
-    if report.passed {
-        Ok(())
-    } else {
-        let failed: Vec<String> = report
-            .layers
-            .iter()
-            .filter(|l| !l.passed)
-            .map(|l| {
-                if l.nonfinite_mismatches > 0 {
-                    format!(
-                        "{}: {} values are NaN/Inf on one side only",
-                        l.name, l.nonfinite_mismatches
-                    )
-                } else {
-                    format!(
-                        "{}: relative L2 {:.3e} > {:.1e}",
-                        l.name, l.relative_l2_error, l.tolerance
-                    )
-                }
-            })
-            .collect();
-        Err(Error::Check(format!(
-            "{}: outputs differ from the source beyond the tolerance ({})",
-            args.packed.display(),
-            failed.join("; ")
-        )))
-    }
+    report.into_result().map(|_| ())
 }

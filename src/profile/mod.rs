@@ -9,7 +9,7 @@
 pub mod lzw;
 
 use crate::corpus::tokens::{self, Msg, StreamOptions, TokenBatch};
-use crate::formats::profile::content_hash;
+use crate::formats::profile::{content_hash, MAX_VOCAB};
 pub use crate::formats::profile::{
     IdSplit, InputFormat, InputRecord, LzwVariant, Profile, ProfileMeta, RecordedOptions,
 };
@@ -53,13 +53,6 @@ pub struct ProfileSummary {
     pub peak_rss_bytes: Option<u64>,
 }
 
-struct ScanResult {
-    dict: LzwDictionary,
-    unigram: Vec<u64>,
-    sequences: u64,
-    tokens: u64,
-}
-
 /// Tokenise and scan the corpus.
 pub fn run(opts: &ProfileOptions, ui: &Ui) -> Result<(Profile, ProfileSummary)> {
     let started = Instant::now();
@@ -69,7 +62,7 @@ pub fn run(opts: &ProfileOptions, ui: &Ui) -> Result<(Profile, ProfileSummary)> 
         scan_batches(rx, vocab, variant, max_tokens)
     })?;
 
-    if scan.tokens == 0 {
+    if scan.tokens_seen() == 0 {
         let names: Vec<_> = opts
             .stream
             .inputs
@@ -87,11 +80,9 @@ pub fn run(opts: &ProfileOptions, ui: &Ui) -> Result<(Profile, ProfileSummary)> 
         )));
     }
 
-    let meta = ProfileMeta {
-        vocab_size: vocab,
-        tokenizer_sha256: plan.tokenizer.as_ref().map(|(_, h)| h.clone()),
-        inputs: plan
-            .inputs
+    let profile = scan.into_profile(
+        plan.tokenizer.as_ref().map(|(_, h)| h.clone()),
+        plan.inputs
             .iter()
             .map(|i| InputRecord {
                 path: i.path.display().to_string(),
@@ -99,26 +90,14 @@ pub fn run(opts: &ProfileOptions, ui: &Ui) -> Result<(Profile, ProfileSummary)> 
                 bytes: i.bytes,
             })
             .collect(),
-        options: RecordedOptions {
+        RecordedOptions {
             field: opts.stream.field.clone(),
             add_special_tokens: opts.stream.add_special_tokens,
             split: opts.stream.split,
             max_tokens: opts.stream.max_tokens,
             lzw_variant: opts.variant,
         },
-        sequences: scan.sequences,
-        tokens: scan.tokens,
-        phrases: scan.dict.phrases(),
-        phrase_tokens: scan.dict.phrase_tokens(),
-    };
-    let codewords = scan.dict.into_codewords();
-    let content_sha256 = content_hash(&scan.unigram, &codewords);
-    let profile = Profile {
-        meta,
-        unigram: scan.unigram,
-        codewords,
-        content_sha256,
-    };
+    );
     let seconds = started.elapsed().as_secs_f64();
     let mut summary = summary(&profile);
     summary.seconds = seconds;
@@ -128,18 +107,108 @@ pub fn run(opts: &ProfileOptions, ui: &Ui) -> Result<(Profile, ProfileSummary)> 
     Ok((profile, summary))
 }
 
-/// The scanner: the LZW scan and the unigram count over the batches in corpus order, until
-/// the input ends, the budget is met or an error arrives.
+/// The LZW scan and the unigram count over sequences handed over one at a time, in corpus
+/// order: what a profile holds, for callers that have the token ids already (the scanner
+/// thread of [`run`], and the Python package's `lzw_allocation`, which streams a dataloader
+/// through it).
+pub struct SequenceScanner {
+    dict: LzwDictionary,
+    unigram: Vec<u64>,
+    sequences: u64,
+    tokens: u64,
+}
+
+impl SequenceScanner {
+    pub fn new(vocab: u32, variant: LzwVariant) -> Result<Self> {
+        if vocab == 0 || vocab > MAX_VOCAB {
+            return Err(Error::input(format!(
+                "vocabulary size {vocab} is out of range: a vocabulary has 1 to {MAX_VOCAB} tokens"
+            )));
+        }
+        Ok(SequenceScanner {
+            dict: LzwDictionary::new(vocab, variant)?,
+            unigram: vec![0u64; vocab as usize],
+            sequences: 0,
+            tokens: 0,
+        })
+    }
+
+    pub fn vocab(&self) -> u32 {
+        self.dict.vocab()
+    }
+
+    /// Sequences scanned so far.
+    pub fn sequences_seen(&self) -> u64 {
+        self.sequences
+    }
+
+    /// Tokens scanned so far.
+    pub fn tokens_seen(&self) -> u64 {
+        self.tokens
+    }
+
+    /// Scan one sequence. A token id outside the vocabulary is an input error that starts
+    /// with `place()` (where the sequence came from); the scan is then left as it was.
+    pub fn scan(&mut self, seq: &[u32], place: impl FnOnce() -> String) -> Result<()> {
+        match self.dict.scan(seq) {
+            Ok(()) => {}
+            Err(ScanError::OutOfRange(e)) => {
+                return Err(Error::input(format!(
+                    "{}: token id {} at position {} of the sequence is not below the \
+                     vocabulary size {}",
+                    place(),
+                    e.token,
+                    e.position,
+                    self.dict.vocab()
+                )))
+            }
+            Err(ScanError::Full(e)) => return Err(e),
+        }
+        for &t in seq {
+            self.unigram[t as usize] += 1;
+        }
+        self.sequences += 1;
+        self.tokens += seq.len() as u64;
+        Ok(())
+    }
+
+    /// The profile of everything scanned, with the provenance the caller records.
+    pub fn into_profile(
+        self,
+        tokenizer_sha256: Option<String>,
+        inputs: Vec<InputRecord>,
+        options: RecordedOptions,
+    ) -> Profile {
+        let meta = ProfileMeta {
+            vocab_size: self.dict.vocab(),
+            tokenizer_sha256,
+            inputs,
+            options,
+            sequences: self.sequences,
+            tokens: self.tokens,
+            phrases: self.dict.phrases(),
+            phrase_tokens: self.dict.phrase_tokens(),
+        };
+        let codewords = self.dict.into_codewords();
+        let content_sha256 = content_hash(&self.unigram, &codewords);
+        Profile {
+            meta,
+            unigram: self.unigram,
+            codewords,
+            content_sha256,
+        }
+    }
+}
+
+/// The scanner thread: the LZW scan and the unigram count over the batches in corpus order,
+/// until the input ends, the budget is met or an error arrives.
 fn scan_batches(
     rx: crossbeam_channel::Receiver<Msg<TokenBatch>>,
     vocab: u32,
     variant: LzwVariant,
     max_tokens: Option<u64>,
-) -> Result<ScanResult> {
-    let mut dict = LzwDictionary::new(vocab, variant)?;
-    let mut unigram = vec![0u64; vocab as usize];
-    let mut sequences = 0u64;
-    let mut tokens = 0u64;
+) -> Result<SequenceScanner> {
+    let mut scanner = SequenceScanner::new(vocab, variant)?;
     'batches: for msg in rx.iter() {
         let batch = match msg {
             Msg::Batch(b) => b,
@@ -148,39 +217,17 @@ fn scan_batches(
         };
         for (i, w) in batch.offsets.windows(2).enumerate() {
             let seq = &batch.flat[w[0]..w[1]];
-            let after = tokens.saturating_add(seq.len() as u64);
+            let after = scanner.tokens.saturating_add(seq.len() as u64);
             if max_tokens.is_some_and(|limit| after > limit) {
                 break 'batches;
             }
-            match dict.scan(seq) {
-                Ok(()) => {}
-                Err(ScanError::OutOfRange(e)) => {
-                    return Err(Error::input(format!(
-                        "{}: token id {} at position {} of the sequence is not below the \
-                         vocabulary size {vocab}",
-                        batch.origin.describe(i),
-                        e.token,
-                        e.position
-                    )))
-                }
-                Err(ScanError::Full(e)) => return Err(e),
-            }
-            for &t in seq {
-                unigram[t as usize] += 1;
-            }
-            sequences += 1;
-            tokens = after;
-            if max_tokens == Some(tokens) {
+            scanner.scan(seq, || batch.origin.describe(i))?;
+            if max_tokens == Some(scanner.tokens) {
                 break 'batches; // the budget is met: read no further
             }
         }
     }
-    Ok(ScanResult {
-        dict,
-        unigram,
-        sequences,
-        tokens,
-    })
+    Ok(scanner)
 }
 
 /// Shannon entropy of a count vector, in bits.

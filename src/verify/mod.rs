@@ -109,6 +109,39 @@ pub struct VerifyReport {
     pub passed: bool,
 }
 
+impl VerifyReport {
+    /// The report as a result: Ok when every layer passed, else `Error::Check` (exit 1)
+    /// naming each failing layer and why.
+    pub fn into_result(self) -> Result<VerifyReport> {
+        if self.passed {
+            return Ok(self);
+        }
+        let failed: Vec<String> = self
+            .layers
+            .iter()
+            .filter(|l| !l.passed)
+            .map(|l| {
+                if l.nonfinite_mismatches > 0 {
+                    format!(
+                        "{}: {} values are NaN/Inf on one side only",
+                        l.name, l.nonfinite_mismatches
+                    )
+                } else {
+                    format!(
+                        "{}: relative L2 {:.3e} > {:.1e}",
+                        l.name, l.relative_l2_error, l.tolerance
+                    )
+                }
+            })
+            .collect();
+        Err(Error::Check(format!(
+            "{}: outputs differ from the source beyond the tolerance ({})",
+            self.packed.display(),
+            failed.join("; ")
+        )))
+    }
+}
+
 /// The relative L2 error allowed between source and packed outputs. A dtype that stores the
 /// source's values exactly must agree to float rounding (the same f32 values go through the
 /// same code); lossy dtypes get bounds a little above what their rounding produces on

@@ -651,7 +651,8 @@ fn panels(r: &CalibrationReport, names: &[String]) -> Vec<LinePanel> {
             .map(|(i, n)| Series {
                 label: format!("p, {n}"),
                 points: xs(&|b| b.p_per_layer.as_ref().map(|m| m[n]).unwrap_or(b.p)),
-                color: i,
+                // The layer's colour in the panel below (0 is the all-layers curve there).
+                color: i + 1,
             })
             .collect(),
         _ => vec![Series {

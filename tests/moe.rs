@@ -537,6 +537,7 @@ fn calibration(dir: &Path, extra: &[&str]) -> serde_json::Value {
     let text = std::fs::read_to_string(dir.join("trajectory.json")).unwrap();
     let file: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(printed["batches"], file["batches"]);
+    assert!(printed["seconds"].is_f64() && file.get("seconds").is_none());
     for f in [
         "trajectory.csv",
         "trajectory.svg",
@@ -555,6 +556,10 @@ fn calibrate_reproduces_the_controller_golden() {
     let g = golden();
     let tmp = tempfile::tempdir().unwrap();
     let global = calibration(&tmp.path().join("global"), &[]);
+    // A second run into the same folder replaces it with the same bytes.
+    let first = common::snapshot(&tmp.path().join("global"));
+    calibration(&tmp.path().join("global"), &[]);
+    assert_eq!(common::snapshot(&tmp.path().join("global")), first);
     let want = &g["runs"]["global_T2"];
     assert_eq!(global["final_p"], want["final_p"]);
     for (b, w) in global["batches"]

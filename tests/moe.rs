@@ -879,3 +879,56 @@ fn eval_runs_the_trained_moe_model_and_refuses_a_config_without_its_threshold() 
     std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
     assert_refused(&run(args(dir.path())), 2, &["K = 9"]);
 }
+
+#[test]
+fn a_map_names_the_layer_like_detection_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let golden = fixture("golden/moe-mixtral.safetensors");
+    let g = path_str(&golden);
+    let map = dir.path().join("moe.toml");
+    let p = "layers.0.block_sparse_moe";
+    std::fs::write(
+        &map,
+        format!(
+            "[[moe]]\nname = \"router0\"\ngate = \"{p}.gate.weight\"\nscale = \"{p}.gate.scale\"\n\
+             w1 = \"{p}.experts.{{j}}.w1.weight\"\nw2 = \"{p}.experts.{{j}}.w2.weight\"\n\
+             w3 = \"{p}.experts.{{j}}.w3.weight\"\nshared_w1 = \"{p}.shared_experts.{{j}}.w1.weight\"\n\
+             shared_w2 = \"{p}.shared_experts.{{j}}.w2.weight\"\nshared_w3 = \"{p}.shared_experts.{{j}}.w3.weight\"\n"
+        ),
+    )
+    .unwrap();
+    let ckpt = Checkpoint::open(&golden).unwrap();
+    let mapped = detect_moe(&ckpt, Some(&map)).unwrap();
+    let found = detect_moe(&ckpt, None).unwrap();
+    assert_eq!(mapped.scheme, "map");
+    assert_eq!(mapped.layers[0].name, "router0");
+    assert_eq!(mapped.layers[0].experts, found.layers[0].experts);
+    assert_eq!(mapped.layers[0].shared, found.layers[0].shared);
+    let out = dir.path().join("d.safetensors");
+    assert_ok(&run([
+        "route",
+        "--model",
+        g,
+        "--inputs",
+        g,
+        "--map",
+        path_str(&map),
+        "--routing",
+        "dtopp:0.5",
+        "--out",
+        path_str(&out),
+        "--quiet",
+    ]));
+    let bytes = std::fs::read(&golden).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let written = std::fs::read(&out).unwrap();
+    let w = SafeTensors::deserialize(&written).unwrap();
+    assert_eq!(u8s(&w, "experts.router0"), u8s(&st, "experts.dtopp0.5"));
+    // A template without {j} names one tensor for every expert: refused.
+    let text = std::fs::read_to_string(&map)
+        .unwrap()
+        .replace("experts.{j}.w2", "experts.0.w2");
+    std::fs::write(&map, text).unwrap();
+    let e = detect_moe(&ckpt, Some(&map)).unwrap_err();
+    assert!(e.to_string().contains("has no {j}"), "{e}");
+}

@@ -275,4 +275,24 @@ fn write_seed_corpus() {
         "inputs.safetensors",
         &std::fs::read(&inputs).unwrap(),
     );
+    // MoE map files and controller states.
+    put(
+        "moe_map",
+        "olmoe.toml",
+        b"[[moe]]\nname = \"model.layers.0.mlp\"\ngate = \"model.layers.0.mlp.gate.weight\"\nw1 = \"model.layers.0.mlp.experts.{j}.gate_proj.weight\"\nw2 = \"model.layers.0.mlp.experts.{j}.down_proj.weight\"\nw3 = \"model.layers.0.mlp.experts.{j}.up_proj.weight\"\n",
+    );
+    put(
+        "controller_state",
+        "global.json",
+        &fixture("trained-moe/controller.json"),
+    );
+    let golden: serde_json::Value =
+        serde_json::from_slice(&fixture("trained-moe/controller_golden.json")).unwrap();
+    put(
+        "controller_state",
+        "per-layer.json",
+        golden["runs"]["per-layer_T2"]["final_state"]
+            .to_string()
+            .as_bytes(),
+    );
 }

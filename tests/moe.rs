@@ -537,6 +537,7 @@ fn calibration(dir: &Path, extra: &[&str]) -> serde_json::Value {
     let text = std::fs::read_to_string(dir.join("trajectory.json")).unwrap();
     let file: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(printed["batches"], file["batches"]);
+    assert!(printed["seconds"].is_f64() && file.get("seconds").is_none());
     for f in [
         "trajectory.csv",
         "trajectory.svg",
@@ -555,6 +556,10 @@ fn calibrate_reproduces_the_controller_golden() {
     let g = golden();
     let tmp = tempfile::tempdir().unwrap();
     let global = calibration(&tmp.path().join("global"), &[]);
+    // A second run into the same folder replaces it with the same bytes.
+    let first = common::snapshot(&tmp.path().join("global"));
+    calibration(&tmp.path().join("global"), &[]);
+    assert_eq!(common::snapshot(&tmp.path().join("global")), first);
     let want = &g["runs"]["global_T2"];
     assert_eq!(global["final_p"], want["final_p"]);
     for (b, w) in global["batches"]
@@ -873,4 +878,57 @@ fn eval_runs_the_trained_moe_model_and_refuses_a_config_without_its_threshold() 
     cfg["routing"] = "topk:9".into();
     std::fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
     assert_refused(&run(args(dir.path())), 2, &["K = 9"]);
+}
+
+#[test]
+fn a_map_names_the_layer_like_detection_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let golden = fixture("golden/moe-mixtral.safetensors");
+    let g = path_str(&golden);
+    let map = dir.path().join("moe.toml");
+    let p = "layers.0.block_sparse_moe";
+    std::fs::write(
+        &map,
+        format!(
+            "[[moe]]\nname = \"router0\"\ngate = \"{p}.gate.weight\"\nscale = \"{p}.gate.scale\"\n\
+             w1 = \"{p}.experts.{{j}}.w1.weight\"\nw2 = \"{p}.experts.{{j}}.w2.weight\"\n\
+             w3 = \"{p}.experts.{{j}}.w3.weight\"\nshared_w1 = \"{p}.shared_experts.{{j}}.w1.weight\"\n\
+             shared_w2 = \"{p}.shared_experts.{{j}}.w2.weight\"\nshared_w3 = \"{p}.shared_experts.{{j}}.w3.weight\"\n"
+        ),
+    )
+    .unwrap();
+    let ckpt = Checkpoint::open(&golden).unwrap();
+    let mapped = detect_moe(&ckpt, Some(&map)).unwrap();
+    let found = detect_moe(&ckpt, None).unwrap();
+    assert_eq!(mapped.scheme, "map");
+    assert_eq!(mapped.layers[0].name, "router0");
+    assert_eq!(mapped.layers[0].experts, found.layers[0].experts);
+    assert_eq!(mapped.layers[0].shared, found.layers[0].shared);
+    let out = dir.path().join("d.safetensors");
+    assert_ok(&run([
+        "route",
+        "--model",
+        g,
+        "--inputs",
+        g,
+        "--map",
+        path_str(&map),
+        "--routing",
+        "dtopp:0.5",
+        "--out",
+        path_str(&out),
+        "--quiet",
+    ]));
+    let bytes = std::fs::read(&golden).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let written = std::fs::read(&out).unwrap();
+    let w = SafeTensors::deserialize(&written).unwrap();
+    assert_eq!(u8s(&w, "experts.router0"), u8s(&st, "experts.dtopp0.5"));
+    // A template without {j} names one tensor for every expert: refused.
+    let text = std::fs::read_to_string(&map)
+        .unwrap()
+        .replace("experts.{j}.w2", "experts.0.w2");
+    std::fs::write(&map, text).unwrap();
+    let e = detect_moe(&ckpt, Some(&map)).unwrap_err();
+    assert!(e.to_string().contains("has no {j}"), "{e}");
 }

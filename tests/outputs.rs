@@ -36,6 +36,25 @@ struct Writer {
     force: bool,
 }
 
+/// `route` on an MoE file that is both its model and its inputs, with `extra` flags.
+fn route_writer(name: &'static str, moe: &Path, extra: &[&str], kind: Kind) -> Writer {
+    let m = s(moe);
+    let mut base: Vec<String> = vec!["route".into(), "--model".into(), m.clone()];
+    base.extend(["--inputs".into(), m]);
+    base.extend(extra.iter().map(|a| a.to_string()));
+    Writer {
+        name,
+        args: Box::new(move |out| {
+            let mut a = base.clone();
+            a.extend(["--out".into(), s(out)]);
+            a
+        }),
+        inputs: vec![moe.to_path_buf()],
+        kind,
+        force: false,
+    }
+}
+
 struct World {
     _tmp: tempfile::TempDir,
     root: PathBuf,
@@ -79,6 +98,9 @@ fn world() -> World {
     let data = root.join("data");
     std::fs::create_dir(&data).unwrap();
     std::fs::write(data.join("README"), "demo data").unwrap();
+    // An MoE layer whose file also holds its hidden states.
+    let moe = root.join("moe.safetensors");
+    std::fs::copy(fixture("golden/moe-mixtral.safetensors"), &moe).unwrap();
 
     let writers = vec![
         Writer {
@@ -189,6 +211,13 @@ fn world() -> World {
             kind: Kind::File,
             force: false,
         },
+        route_writer("route", &moe, &["--routing", "topk:2"], Kind::File),
+        route_writer(
+            "route --calibrate",
+            &moe,
+            &["--calibrate", "--target", "2", "--batch-tokens", "32"],
+            Kind::Folder,
+        ),
         Writer {
             name: "synth",
             args: Box::new(|out| {

@@ -584,10 +584,15 @@ pub fn calibrate(
         &dir.join("trajectory.png"),
     )?;
     atomic_file::write_atomic(&dir.join("controller.json"), ctl.to_json().as_bytes())?;
-    report.seconds = started.elapsed().as_secs_f64();
-    let json = serde_json::to_string_pretty(&report).expect("report serialises") + "\n";
+    // The file leaves out the run time, so the same inputs give the same bytes.
+    let mut value = serde_json::to_value(&report).expect("report serialises");
+    if let Some(m) = value.as_object_mut() {
+        m.remove("seconds");
+    }
+    let json = serde_json::to_string_pretty(&value).expect("report serialises") + "\n";
     atomic_file::write_atomic(&dir.join("trajectory.json"), json.as_bytes())?;
     staging.commit()?;
+    report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }
 
@@ -651,7 +656,8 @@ fn panels(r: &CalibrationReport, names: &[String]) -> Vec<LinePanel> {
             .map(|(i, n)| Series {
                 label: format!("p, {n}"),
                 points: xs(&|b| b.p_per_layer.as_ref().map(|m| m[n]).unwrap_or(b.p)),
-                color: i,
+                // The layer's colour in the panel below (0 is the all-layers curve there).
+                color: i + 1,
             })
             .collect(),
         _ => vec![Series {

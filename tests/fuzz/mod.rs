@@ -57,6 +57,14 @@ pub const TARGETS: &[Target] = &[
         name: "forward_inputs",
         feed: forward_inputs,
     },
+    Target {
+        name: "moe_map",
+        feed: moe_map,
+    },
+    Target {
+        name: "controller_state",
+        feed: controller_state,
+    },
 ];
 
 /// A private folder a target writes its input into, with the fixed files some targets need
@@ -211,6 +219,44 @@ pub fn map(s: &Scratch, data: &[u8]) -> bool {
 pub fn forward_inputs(s: &Scratch, data: &[u8]) -> bool {
     let p = s.put("fuzz-inputs.safetensors", data);
     Inputs::read(&p).is_ok()
+}
+
+pub fn moe_map(s: &Scratch, data: &[u8]) -> bool {
+    let p = s.put("fuzz-moe-map.toml", data);
+    if l3kit::checkpoint::moe::MoeMapFile::read(&p).is_err() {
+        return false;
+    }
+    // A map that parses is then applied to a real MoE checkpoint, and its layers loaded.
+    let golden =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/golden/moe-olmoe.safetensors");
+    let c = Checkpoint::open(&golden).unwrap();
+    if let Ok(d) = l3kit::checkpoint::moe::detect_moe(&c, Some(&p)) {
+        for t in &d.layers {
+            let _ = l3kit::model::moe::MoeLayer::load(&c, t, &candle_core::Device::Cpu);
+        }
+    }
+    true
+}
+
+pub fn controller_state(s: &Scratch, data: &[u8]) -> bool {
+    let p = s.put("fuzz-controller.json", data);
+    match l3kit::model::moe::ControllerFile::read(&p) {
+        Ok(mut f) => {
+            // An accepted state runs: p stays in its clamp whatever the feed.
+            let check = |c: &mut l3kit::model::moe::PiController| {
+                for a in [0.0, 1.0, f64::NAN, 1e9] {
+                    let u = c.update(a);
+                    assert!(u.p >= c.settings.p_min && u.p <= c.settings.p_max);
+                }
+            };
+            match &mut f {
+                l3kit::model::moe::ControllerFile::Global(c) => check(c),
+                l3kit::model::moe::ControllerFile::PerLayer(m) => m.values_mut().for_each(check),
+            }
+            true
+        }
+        Err(_) => false,
+    }
 }
 
 /// The committed seeds of `target`.

@@ -147,3 +147,51 @@ fn bad_input_is_refused() {
     let text = fixture("corpus/heldout.txt");
     assert_refused(&base(&text, &[]), 2, &["--tokens reads .u16 or .u32"]);
 }
+
+#[test]
+fn an_moe_model_reports_its_experts_on_the_critical_path() {
+    let out = run([
+        "--json",
+        "traffic",
+        "--model",
+        &s(&fixture("trained-moe")),
+        "--text",
+        &s(&fixture("corpus/heldout.txt")),
+        "--tokenizer",
+        &s(&fixture("tokenizer/tiny-bpe-512.json")),
+        "--batch",
+        "1,8",
+        "--steps",
+        "16",
+        "--link",
+        "1",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&assert_ok(&out)).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture("trained-moe/config.json")).unwrap())
+            .unwrap();
+    let experts = config["experts"].as_f64().unwrap();
+    let mut distinct_at = Vec::new();
+    for b in v["models"][0]["batches"].as_array().unwrap() {
+        let m = &b["moe"];
+        assert!(m["known_at"].as_str().unwrap().contains("router"));
+        let per_layer = m["mean_distinct_experts"].as_array().unwrap();
+        assert!(!per_layer.is_empty());
+        let mut bytes = 0.0;
+        for (d, e) in per_layer.iter().zip(m["expert_bytes"].as_array().unwrap()) {
+            let d = d.as_f64().unwrap();
+            assert!((1.0..=experts).contains(&d), "{d} of {experts} experts");
+            bytes += d * e.as_f64().unwrap();
+        }
+        let got = m["mean_bytes_per_step"].as_f64().unwrap();
+        assert!((got - bytes).abs() <= 1e-6 * bytes, "{got} vs {bytes}");
+        // Nothing hides the experts' transfer: the stall is all of it (1 GB/s).
+        let stall = m["predicted_stall_ms"].as_f64().unwrap();
+        assert!((stall - bytes / 1e9 * 1e3).abs() <= 1e-9 * bytes, "{stall}");
+        distinct_at.push(per_layer[0].as_f64().unwrap());
+    }
+    assert!(
+        distinct_at[1] >= distinct_at[0],
+        "a batch of 8 uses at least as many experts per step as one sequence: {distinct_at:?}"
+    );
+}

@@ -148,7 +148,7 @@ fn print_report(reports: &[ModelTraffic], tokens: usize, link: Option<f64>) {
     );
     for r in reports {
         println!(
-            "\n{} ({} family, {} L3 layers; rows known at step start)",
+            "\n{} ({} family, {} sparse layers; L3 rows known at step start)",
             r.model, r.family, r.sparse_layers
         );
         println!(
@@ -169,12 +169,13 @@ fn print_report(reports: &[ModelTraffic], tokens: usize, link: Option<f64>) {
                 v.map(|v| format!("{:.*}", digits, v * scale))
                     .unwrap_or_else(|| "-".into())
             };
+            let l3 = !b.layers.is_empty();
             println!(
-                "  {:>6} {:>9.1} {:>12.3} {:>11.1} {:>9} {:>9} {:>10} {:>8}% {:>8}% {:>9}%",
+                "  {:>6} {:>9.1} {:>12} {:>11} {:>9} {:>9} {:>10} {:>8}% {:>8}% {:>9}%",
                 b.batch,
                 b.mean_distinct_tokens,
-                b.mean_bytes_per_step / 1e6,
-                b.mean_bytes_per_token / 1e3,
+                opt(l3.then_some(b.mean_bytes_per_step), 1e-6, 3),
+                opt(l3.then_some(b.mean_bytes_per_token), 1e-3, 1),
                 opt(b.timing.as_ref().map(|t| t.block_ms), 1.0, 2),
                 opt(b.timing.as_ref().map(|t| t.step_ms), 1.0, 1),
                 opt(b.predicted_stall_ms, 1.0, 2),
@@ -182,6 +183,22 @@ fn print_report(reports: &[ModelTraffic], tokens: usize, link: Option<f64>) {
                 opt(b.hot.as_ref().map(|h| h.hit_rate), 100.0, 1),
                 opt(b.predicted_overhead_with_hot_set, 100.0, 1),
             );
+            if let Some(m) = &b.moe {
+                println!(
+                    "  {:>6} MoE experts (known after each router): {} distinct per layer, \
+                     {:.3} MB/step, step {:.1} ms, stall {} ms, overhead {}%",
+                    "",
+                    m.mean_distinct_experts
+                        .iter()
+                        .map(|d| format!("{d:.1}"))
+                        .collect::<Vec<_>>()
+                        .join("/"),
+                    m.mean_bytes_per_step / 1e6,
+                    m.step_ms,
+                    opt(m.predicted_stall_ms, 1.0, 2),
+                    opt(m.predicted_overhead, 100.0, 1),
+                );
+            }
         }
     }
 }

@@ -22,7 +22,8 @@
 
 use crate::corpus::{self, IdSplit, RawBatch, ReadOptions};
 use crate::formats::profile::InputFormat;
-use crate::model::decoder::{Decoder, L3Slot};
+use crate::model::decoder::tiny::MoeInfo;
+use crate::model::decoder::{Decoder, Family, L3Slot};
 use crate::model::runtime::L3Runtime;
 use crate::util::error::{Error, Result};
 use serde::Serialize;
@@ -116,6 +117,24 @@ pub struct HotFigures {
     pub mean_bytes_saved_per_step: f64,
 }
 
+/// An MoE model's expert traffic at one batch size: real routing on the model's own hidden
+/// states (the decode is run), so the experts are known only after each layer's router.
+#[derive(Clone, Debug, Serialize)]
+pub struct MoeFigures {
+    pub known_at: &'static str,
+    /// Per MoE layer, the mean number of distinct experts a step uses.
+    pub mean_distinct_experts: Vec<f64>,
+    pub expert_bytes: Vec<u64>,
+    pub mean_bytes_per_step: f64,
+    pub mean_bytes_per_token: f64,
+    /// Every layer's experts move after its router, on the critical path: the stall is
+    /// the sum of their transfer times.
+    pub predicted_stall_ms: Option<f64>,
+    pub predicted_overhead: Option<f64>,
+    /// The measured compute time of a decode step (this machine).
+    pub step_ms: f64,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct BatchFigures {
     pub batch: usize,
@@ -134,6 +153,8 @@ pub struct BatchFigures {
     /// With a hot set: the stall and overhead when only the misses move.
     pub predicted_stall_ms_with_hot_set: Option<f64>,
     pub predicted_overhead_with_hot_set: Option<f64>,
+    /// MoE models: the experts' traffic.
+    pub moe: Option<MoeFigures>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -214,9 +235,13 @@ pub fn traffic(
     opts: &TrafficOptions,
 ) -> Result<ModelTraffic> {
     let layers = sparse_layers(model);
-    if layers.is_empty() {
+    let moe_layers = match &model.family {
+        Family::Tiny(m) => m.moe_info(),
+        Family::Nanochat(_) => Vec::new(),
+    };
+    if layers.is_empty() && moe_layers.is_empty() {
         return Err(Error::input(format!(
-            "{name}: the model has no sparse (L3) layers: nothing to move"
+            "{name}: the model has no sparse (L3 or MoE) layers: nothing to move"
         )));
     }
     let vocab = model.vocab_size();
@@ -277,8 +302,21 @@ pub fn traffic(
             miss_bytes.push(missed);
         }
         let n = steps as f64;
-        let total: f64 = per_layer_sum.iter().sum::<f64>() / n;
+        let total: f64 = per_layer_sum.iter().fold(0.0, |a, b| a + b) / n;
+        let moe = if moe_layers.is_empty() {
+            None
+        } else {
+            Some(moe_traffic(
+                model,
+                &moe_layers,
+                stream,
+                batch,
+                per_seq,
+                opts,
+            )?)
+        };
         let timing = match (opts.link_bytes_per_second, opts.block_ms) {
+            _ if layers.is_empty() => None,
             (Some(_), Some(ms)) => Some(StepTiming {
                 source: "given",
                 block_ms: ms,
@@ -340,12 +378,13 @@ pub fn traffic(
             hot: hot_figures,
             predicted_stall_ms_with_hot_set: hot_stall.map(|s| s.0),
             predicted_overhead_with_hot_set: hot_stall.map(|s| s.1),
+            moe,
         });
     }
     Ok(ModelTraffic {
         model: name.to_string(),
         family: model.config.name(),
-        sparse_layers: layers.len(),
+        sparse_layers: layers.len() + moe_layers.len(),
         batches: out,
     })
 }
@@ -353,4 +392,69 @@ pub fn traffic(
 /// The decoder blocks one step runs (loops included).
 fn model_blocks(model: &Decoder) -> usize {
     model.config.blocks_per_step()
+}
+
+/// Decode `batch` slices of the stream for real (the KV cache bounds the steps by the
+/// model's context) and count the distinct experts each MoE layer's router chose per step.
+fn moe_traffic(
+    model: &Decoder,
+    layers: &[MoeInfo],
+    stream: &[u32],
+    batch: usize,
+    per_seq: usize,
+    opts: &TrafficOptions,
+) -> Result<MoeFigures> {
+    let Family::Tiny(lm) = &model.family else {
+        return Err(Error::Other(
+            "MoE traffic needs the tiny family's decoder".into(),
+        ));
+    };
+    let steps = per_seq
+        .min(opts.steps)
+        .min(model.config.max_positions().saturating_sub(1))
+        .max(1);
+    let row = |s: usize| -> Vec<Vec<u32>> {
+        (0..batch)
+            .map(|b| vec![stream[b * per_seq + s.min(per_seq - 1)]])
+            .collect()
+    };
+    let mut cache = model.new_cache();
+    let mut rt = L3Runtime::new(model.l3.len(), true);
+    model.forward(&row(0), &mut cache, &mut rt)?;
+    lm.record_routing(true);
+    let started = Instant::now();
+    for s in 1..=steps {
+        model.forward(&row(s), &mut cache, &mut rt)?;
+    }
+    let step_ms = started.elapsed().as_secs_f64() * 1e3 / steps as f64;
+    let trace = lm.take_routing();
+    lm.record_routing(false);
+    let n = trace.len().max(1) as f64;
+    let mut distinct = vec![0f64; layers.len()];
+    let mut stall_sum = 0f64;
+    let mut bytes_sum = 0f64;
+    for step in &trace {
+        let mut step_stall = 0f64;
+        for (i, experts) in step.iter().enumerate().take(layers.len()) {
+            distinct[i] += experts.len() as f64;
+            let b = experts.len() as f64 * layers[i].expert_bytes as f64;
+            bytes_sum += b;
+            if let Some(link) = opts.link_bytes_per_second {
+                step_stall += b / link;
+            }
+        }
+        stall_sum += step_stall;
+    }
+    let mean_bytes = bytes_sum / n;
+    let stall = opts.link_bytes_per_second.map(|_| stall_sum / n * 1e3);
+    Ok(MoeFigures {
+        known_at: "after each MoE layer's router (on the critical path)",
+        mean_distinct_experts: distinct.iter().map(|d| d / n).collect(),
+        expert_bytes: layers.iter().map(|l| l.expert_bytes).collect(),
+        mean_bytes_per_step: mean_bytes,
+        mean_bytes_per_token: mean_bytes / batch as f64,
+        predicted_stall_ms: stall,
+        predicted_overhead: stall.map(|s| s / step_ms.max(1e-12)),
+        step_ms,
+    })
 }

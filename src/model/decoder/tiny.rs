@@ -197,6 +197,18 @@ struct MoeSublayer {
     norm: Tensor,
     layer: MoeLayer,
     routing: Routing,
+    /// Stored bytes of one routed expert (w1, w2, w3), what serving it from elsewhere moves.
+    expert_bytes: u64,
+}
+
+/// An MoE sublayer as `traffic` sees it.
+#[derive(Clone, Debug)]
+pub struct MoeInfo {
+    pub name: String,
+    /// Decoder blocks that run before the sublayer's router.
+    pub blocks_before: usize,
+    pub n_experts: usize,
+    pub expert_bytes: u64,
 }
 
 struct Block {
@@ -218,6 +230,8 @@ pub struct TinyLm {
     /// The output head: the embedding, transposed once.
     head_t: Tensor,
     device: Device,
+    /// When recording: per forward, per MoE sublayer, the distinct experts its router chose.
+    moe_trace: std::sync::Mutex<Option<Vec<Vec<Vec<u32>>>>>,
 }
 
 impl TinyLm {
@@ -272,7 +286,19 @@ impl TinyLm {
                 ));
             }
             routing.check_experts(cfg.experts)?;
+            let expert_bytes = names
+                .experts
+                .first()
+                .map(|e| {
+                    [&e.w1, &e.w2, &e.w3]
+                        .iter()
+                        .filter_map(|n| w.reader().tensor(n))
+                        .map(|t| t.byte_len() as u64)
+                        .sum()
+                })
+                .unwrap_or(0);
             moe.push(MoeSublayer {
+                expert_bytes,
                 block: i,
                 norm: w.get(&format!("moe.{i}.norm.weight"), &[d])?,
                 layer: MoeLayer::load(w.reader(), &names, w.device())?,
@@ -290,6 +316,7 @@ impl TinyLm {
             ln_f,
             head_t,
             device: w.device().clone(),
+            moe_trace: std::sync::Mutex::new(None),
         })
     }
 
@@ -315,6 +342,57 @@ impl TinyLm {
             .forward(&rms_norm(&x1, Some(&blk.ln2), eps)?)?
             .gelu_erf()?;
         &x1 + blk.fc_proj.forward(&m)?
+    }
+
+    /// The MoE sublayers, in forward order.
+    pub fn moe_info(&self) -> Vec<MoeInfo> {
+        self.moe
+            .iter()
+            .map(|m| MoeInfo {
+                name: format!("moe.{}", m.block),
+                blocks_before: m.block + 1,
+                n_experts: m.layer.cfg.n_experts,
+                expert_bytes: m.expert_bytes,
+            })
+            .collect()
+    }
+
+    /// Start (or stop) recording which experts each MoE sublayer chooses.
+    pub fn record_routing(&self, on: bool) {
+        if let Ok(mut t) = self.moe_trace.lock() {
+            *t = on.then(Vec::new);
+        }
+    }
+
+    /// What was recorded since the last call: per forward, per MoE sublayer, the distinct
+    /// experts chosen.
+    pub fn take_routing(&self) -> Vec<Vec<Vec<u32>>> {
+        self.moe_trace
+            .lock()
+            .ok()
+            .and_then(|mut t| t.as_mut().map(std::mem::take))
+            .unwrap_or_default()
+    }
+
+    fn record(&self, routed: &crate::model::moe::routing::Routed) {
+        let Ok(mut guard) = self.moe_trace.lock() else {
+            return;
+        };
+        let Some(trace) = guard.as_mut() else {
+            return;
+        };
+        let e = routed.n_experts;
+        let distinct: Vec<u32> = (0..e)
+            .filter(|&j| (0..routed.n_tokens).any(|t| routed.chosen[t * e + j] != 0))
+            .map(|j| j as u32)
+            .collect();
+        // The first sublayer of a forward opens a new entry.
+        if trace.last().is_none_or(|f| f.len() == self.moe.len()) {
+            trace.push(Vec::with_capacity(self.moe.len()));
+        }
+        if let Some(f) = trace.last_mut() {
+            f.push(distinct);
+        }
     }
 
     pub fn attention_layers(&self) -> usize {
@@ -360,7 +438,8 @@ impl TinyLm {
             if let Some(m) = self.moe.iter().find(|m| m.block == i) {
                 let flat = x.reshape((b * t, d)).map_err(ce)?;
                 let h = rms_norm(&flat, Some(&m.norm), self.cfg.norm_eps).map_err(ce)?;
-                let (y, _) = m.layer.forward(&h, m.routing)?;
+                let (y, routed) = m.layer.forward(&h, m.routing)?;
+                self.record(&routed);
                 x = (x + y.reshape((b, t, d)).map_err(ce)?).map_err(ce)?;
             }
         }

@@ -146,6 +146,46 @@ fn bad_input_is_refused() {
     assert_refused(&base(&short, &["--batch", "0"]), 2, &["--batch 0"]);
     let text = fixture("corpus/heldout.txt");
     assert_refused(&base(&text, &[]), 2, &["--tokens reads .u16 or .u32"]);
+    // The output folder may not be the model's.
+    let model = s(&fixture("trained"));
+    assert_refused(
+        &base(&short, &["--out", &model]),
+        2,
+        &["--out", "is the input"],
+    );
+}
+
+#[test]
+fn out_writes_the_summary_and_the_plot() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("traffic");
+    let v: serde_json::Value = serde_json::from_str(&assert_ok(&run([
+        "--json",
+        "traffic",
+        "--model",
+        &s(&fixture("trained")),
+        "--text",
+        &s(&fixture("corpus/heldout.txt")),
+        "--tokenizer",
+        &s(&fixture("tokenizer/tiny-bpe-512.json")),
+        "--batch",
+        "1,4",
+        "--link",
+        "1",
+        "--block-ms",
+        "0.5",
+        "--out",
+        &s(&out),
+    ])))
+    .unwrap();
+    let written: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("traffic.json")).unwrap()).unwrap();
+    assert_eq!(written, v, "traffic.json holds what --json prints");
+    assert!(std::fs::read(out.join("traffic.png"))
+        .unwrap()
+        .starts_with(b"\x89PNG"));
+    let svg = std::fs::read_to_string(out.join("traffic.svg")).unwrap();
+    assert!(svg.contains("<svg") && svg.contains("bytes the sparse layers move"));
 }
 
 #[test]

@@ -3,8 +3,10 @@
 use super::{print_json, source_options, SourceArgs};
 use clap::Args;
 use l3kit::formats::profile::Profile;
-use l3kit::infer::traffic::{read_id_stream, traffic, ModelTraffic, TrafficOptions};
+use l3kit::infer::traffic::{plot, read_id_stream, traffic, ModelTraffic, TrafficOptions};
 use l3kit::infer::OpenModel;
+use l3kit::util::atomic_file::write_atomic;
+use l3kit::util::fs::{check_output, OutputKind};
 use l3kit::{Error, Result};
 use std::path::PathBuf;
 
@@ -44,6 +46,10 @@ pub(crate) struct TrafficArgs {
     /// The profile that ranks tokens for --hot-set.
     #[arg(long)]
     profile: Option<PathBuf>,
+    /// A folder for traffic.json and the plot (traffic.svg, traffic.png): bytes per step and
+    /// predicted overhead against the batch size.
+    #[arg(long)]
+    out: Option<PathBuf>,
     #[command(flatten)]
     src: SourceArgs,
 }
@@ -63,6 +69,14 @@ pub(crate) fn cmd_traffic(args: TrafficArgs, json: bool) -> Result<()> {
     };
     if let Some(ms) = args.block_ms.filter(|m| !(m.is_finite() && *m >= 0.0)) {
         return Err(Error::input(format!("--block-ms {ms}: must be >= 0")));
+    }
+    if let Some(out) = &args.out {
+        let mut inputs: Vec<&std::path::Path> = args.model.iter().map(PathBuf::as_path).collect();
+        inputs.extend(args.tokens.as_deref());
+        inputs.extend(args.text.as_deref());
+        inputs.extend(args.tokenizer.as_deref());
+        inputs.extend(args.profile.as_deref());
+        check_output(out, &inputs, OutputKind::Folder, "--out")?;
     }
     let src = source_options(&args.src);
     let device = candle_core::Device::Cpu;
@@ -129,12 +143,19 @@ pub(crate) fn cmd_traffic(args: TrafficArgs, json: bool) -> Result<()> {
         .iter()
         .map(|m| traffic(&m.decoder, &m.path.display().to_string(), &stream, &opts))
         .collect::<Result<_>>()?;
+    let summary = serde_json::json!({
+        "stream_tokens": stream.len(),
+        "link_gb_per_second": args.link,
+        "models": reports,
+    });
+    if let Some(out) = &args.out {
+        std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+        let text = serde_json::to_string_pretty(&summary).expect("summaries serialise");
+        write_atomic(&out.join("traffic.json"), format!("{text}\n").as_bytes())?;
+        plot(&reports, &out.join("traffic.svg"), &out.join("traffic.png"))?;
+    }
     if json {
-        print_json(&serde_json::json!({
-            "stream_tokens": stream.len(),
-            "link_gb_per_second": args.link,
-            "models": reports,
-        }));
+        print_json(&summary);
     } else {
         print_report(&reports, stream.len(), args.link);
     }

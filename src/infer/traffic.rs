@@ -458,3 +458,83 @@ fn moe_traffic(
         step_ms,
     })
 }
+
+/// Draw bytes per step and predicted overhead against log2(batch), one curve per model and
+/// kind of sparse layer (SVG and PNG).
+pub fn plot(reports: &[ModelTraffic], svg: &Path, png: &Path) -> Result<()> {
+    use crate::allocate::plan::plot::{lines, LinePanel, Series};
+    let mut bytes = Vec::new();
+    let mut overhead = Vec::new();
+    for (i, r) in reports.iter().enumerate() {
+        let short = Path::new(&r.model)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| r.model.clone());
+        let x = |b: &BatchFigures| (b.batch as f64).log2();
+        let l3: Vec<&BatchFigures> = r.batches.iter().filter(|b| !b.layers.is_empty()).collect();
+        if !l3.is_empty() {
+            bytes.push(Series {
+                label: format!("{short}: L3 rows"),
+                points: l3
+                    .iter()
+                    .map(|b| (x(b), b.mean_bytes_per_step / 1e6))
+                    .collect(),
+                color: 2 * i,
+            });
+            let o: Vec<(f64, f64)> = l3
+                .iter()
+                .filter_map(|b| Some((x(b), b.predicted_overhead? * 100.0)))
+                .collect();
+            if !o.is_empty() {
+                overhead.push(Series {
+                    label: format!("{short}: L3 (prefetched)"),
+                    points: o,
+                    color: 2 * i,
+                });
+            }
+        }
+        let moe: Vec<(&BatchFigures, &MoeFigures)> = r
+            .batches
+            .iter()
+            .filter_map(|b| b.moe.as_ref().map(|m| (b, m)))
+            .collect();
+        if !moe.is_empty() {
+            bytes.push(Series {
+                label: format!("{short}: MoE experts"),
+                points: moe
+                    .iter()
+                    .map(|(b, m)| (x(b), m.mean_bytes_per_step / 1e6))
+                    .collect(),
+                color: 2 * i + 1,
+            });
+            let o: Vec<(f64, f64)> = moe
+                .iter()
+                .filter_map(|(b, m)| Some((x(b), m.predicted_overhead? * 100.0)))
+                .collect();
+            if !o.is_empty() {
+                overhead.push(Series {
+                    label: format!("{short}: MoE (after the router)"),
+                    points: o,
+                    color: 2 * i + 1,
+                });
+            }
+        }
+    }
+    let mut panels = vec![LinePanel {
+        title: "bytes the sparse layers move per decode step".into(),
+        x_label: "log2(batch)".into(),
+        y_label: "MB per step".into(),
+        curves: bytes,
+        references: Vec::new(),
+    }];
+    if !overhead.is_empty() {
+        panels.push(LinePanel {
+            title: "predicted decode overhead of serving them over the link".into(),
+            x_label: "log2(batch)".into(),
+            y_label: "overhead (%)".into(),
+            curves: overhead,
+            references: Vec::new(),
+        });
+    }
+    lines(&panels, svg, png)
+}

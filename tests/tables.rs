@@ -137,7 +137,7 @@ fn ram_tier_refuses_tables_larger_than_the_memory() {
     let e = l3kit::serve::tier::check_ram_budget(u64::MAX / 2, Path::new("model-dir"))
         .unwrap_err()
         .to_string();
-    if l3kit::serve::tier::available_memory().is_some() {
+    if l3kit::util::fs::available_memory().is_some() {
         assert!(e.contains("model-dir") && e.contains("--tables ram"), "{e}");
     }
 }

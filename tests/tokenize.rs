@@ -260,3 +260,36 @@ fn bad_input_is_refused_with_nothing_written() {
     assert_refused(&o, 2, &["is the input"]);
     assert_eq!(std::fs::read(&copy).unwrap(), [1u8, 0, 0, 0]);
 }
+
+#[test]
+fn profile_stops_before_its_dictionary_passes_max_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("p.safetensors");
+    let args = |limit: &str| {
+        vec![
+            "--json".to_string(),
+            "profile".into(),
+            "--tokenizer".into(),
+            gpt2(),
+            texts()[1].clone(),
+            "--max-memory".into(),
+            limit.into(),
+            "--out".into(),
+            s(&out),
+        ]
+    };
+    // GPT-2's 50257 single tokens and the first edge table already need more than 1 MiB.
+    assert_refused(
+        &run(args("1MiB")),
+        2,
+        &["--max-memory 1.00 MiB", "codewords"],
+    );
+    assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
+    let v: serde_json::Value = serde_json::from_str(&assert_ok(&run(args("4GiB")))).unwrap();
+    let bytes = v["dictionary_bytes"].as_u64().unwrap();
+    let codewords = v["codewords"].as_u64().unwrap();
+    assert!(
+        bytes > codewords * 16 && bytes < 4 << 30,
+        "{bytes} for {codewords}"
+    );
+}

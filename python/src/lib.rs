@@ -538,6 +538,7 @@ fn profile(
             max_sequence_bytes: usize::try_from(max_sequence_bytes).unwrap_or(usize::MAX),
         },
         variant: choice(lzw, "lzw")?,
+        max_memory: None,
     };
     let (profile, summary) = py
         .detach(|| {

@@ -1,6 +1,6 @@
 //! `l3kit profile`: its flags and its report.
 
-use super::{id_split, print_json, CorpusArgs};
+use super::{id_split, parse_size_arg, print_json, CorpusArgs};
 use clap::Args;
 use l3kit::profile::lzw::LzwVariant;
 use l3kit::profile::{self, ProfileOptions, ProfileSummary};
@@ -23,6 +23,11 @@ pub(crate) struct ProfileArgs {
     /// LZW scan: the paper's reference (default) or textbook LZW.
     #[arg(long, value_enum, default_value = "reference")]
     lzw: LzwVariant,
+    /// Stop (exit 2, nothing written) before the LZW dictionary's next growth would pass this
+    /// much memory, e.g. 16GiB. Without it, profile warns once when the growth would pass 80%
+    /// of the memory available at the start.
+    #[arg(long, value_parser = parse_size_arg)]
+    max_memory: Option<u64>,
     /// Where to write the profile (safetensors).
     #[arg(long)]
     out: PathBuf,
@@ -34,6 +39,7 @@ pub(crate) fn cmd_profile(args: ProfileArgs, ui: &Ui, json: bool) -> Result<()> 
     let opts = ProfileOptions {
         stream: args.corpus.stream_options(split)?,
         variant: args.lzw,
+        max_memory: args.max_memory,
     };
     let (profile, summary) = profile::run(&opts, ui)?;
     profile.write(&args.out)?;
@@ -75,6 +81,13 @@ pub(crate) fn print_profile(s: &ProfileSummary) {
         s.input_bytes as f64 / s.seconds.max(1e-9) / 1e6,
         s.seconds
     );
+    if let Some(d) = s.dictionary_bytes {
+        println!(
+            "  dictionary        {:.1} MiB ({:.1} bytes per codeword)",
+            d as f64 / (1 << 20) as f64,
+            d as f64 / s.codewords.max(1) as f64
+        );
+    }
     if let Some(rss) = s.peak_rss_bytes {
         println!(
             "  peak memory       {:.1} MiB",

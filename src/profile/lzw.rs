@@ -258,6 +258,23 @@ impl LzwDictionary {
         self.phrase_tokens
     }
 
+    /// Bytes the dictionary holds now: its codeword columns and its edge table, as allocated.
+    pub fn memory_bytes(&self) -> u64 {
+        let columns = self.parent.capacity() * 4 + self.token.capacity() * 4;
+        let counts = self.count.capacity() * 8 + self.pending.capacity() * 8;
+        (columns + counts + self.children.slots.len() * std::mem::size_of::<Slot>()) as u64
+    }
+
+    /// The most the dictionary can hold while it grows next: the edge table doubles (the old
+    /// and the new table live together while the edges move) and the columns may double
+    /// their capacity. What a memory limit must leave room for.
+    pub fn next_peak_bytes(&self) -> u64 {
+        let slots = (self.children.slots.len() * std::mem::size_of::<Slot>()) as u64;
+        let columns = (self.parent.capacity() * 4 + self.token.capacity() * 4) as u64
+            + (self.count.capacity() * 8) as u64;
+        self.memory_bytes() + 2 * slots + columns
+    }
+
     /// Add 1 to a codeword's count (queued).
     #[inline(always)]
     fn bump(&mut self, id: u32) {

@@ -26,6 +26,10 @@ use std::time::Instant;
 pub struct ProfileOptions {
     pub stream: StreamOptions,
     pub variant: LzwVariant,
+    /// Stop (an error, nothing written) before the dictionary's next growth would take it
+    /// past this many bytes. Without it, a warning is printed once when the growth would
+    /// pass 80% of the memory available at the start.
+    pub max_memory: Option<u64>,
 }
 
 impl ProfileOptions {
@@ -33,7 +37,49 @@ impl ProfileOptions {
         ProfileOptions {
             stream: StreamOptions::new(inputs),
             variant: LzwVariant::Reference,
+            max_memory: None,
         }
+    }
+}
+
+/// The share of the available memory past which the scan warns.
+const WARN_SHARE: f64 = 0.8;
+
+/// What the scan checks its dictionary's memory against after every batch.
+#[derive(Clone, Copy, Debug)]
+struct MemoryGuard {
+    limit: Option<u64>,
+    warn_at: Option<u64>,
+}
+
+impl MemoryGuard {
+    fn check(&mut self, dict: &LzwDictionary, tokens: u64) -> Result<()> {
+        let peak = dict.next_peak_bytes();
+        let human = |b: u64| crate::util::units::human_bytes(b as f64);
+        if let Some(limit) = self.limit.filter(|&l| peak > l) {
+            return Err(Error::input(format!(
+                "--max-memory {}: after {tokens} tokens the LZW dictionary holds {} codewords \
+                 in {}, and its next growth needs up to {}; profile a smaller sample \
+                 (--max-tokens) or allow more memory",
+                human(limit),
+                dict.len(),
+                human(dict.memory_bytes()),
+                human(peak)
+            )));
+        }
+        if let Some(w) = self.warn_at.filter(|&w| peak > w) {
+            eprintln!(
+                "warning: after {tokens} tokens the LZW dictionary holds {} codewords in {}; \
+                 its next growth needs up to {}, more than 80% of the {} of memory available \
+                 when the run started (stop it with --max-memory, or sample with --max-tokens)",
+                dict.len(),
+                human(dict.memory_bytes()),
+                human(peak),
+                human((w as f64 / WARN_SHARE) as u64)
+            );
+            self.warn_at = None;
+        }
+        Ok(())
     }
 }
 
@@ -51,6 +97,8 @@ pub struct ProfileSummary {
     pub tokens_per_second: f64,
     pub input_bytes: u64,
     pub peak_rss_bytes: Option<u64>,
+    /// Bytes the LZW dictionary held at the end of the scan (columns and edge table).
+    pub dictionary_bytes: Option<u64>,
 }
 
 /// Tokenise and scan the corpus.
@@ -58,9 +106,19 @@ pub fn run(opts: &ProfileOptions, ui: &Ui) -> Result<(Profile, ProfileSummary)> 
     let started = Instant::now();
     let plan = tokens::plan(&opts.stream)?;
     let (vocab, variant, max_tokens) = (plan.vocab, opts.variant, opts.stream.max_tokens);
+    let guard = MemoryGuard {
+        limit: opts.max_memory,
+        warn_at: opts
+            .max_memory
+            .is_none()
+            .then(crate::util::fs::available_memory)
+            .flatten()
+            .map(|a| (a as f64 * WARN_SHARE) as u64),
+    };
     let scan = tokens::stream(&plan, &opts.stream, ui, "profile", move |rx| {
-        scan_batches(rx, vocab, variant, max_tokens)
+        scan_batches(rx, vocab, variant, max_tokens, guard)
     })?;
+    let dictionary_bytes = scan.dictionary_bytes();
 
     if scan.tokens_seen() == 0 {
         let names: Vec<_> = opts
@@ -104,6 +162,7 @@ pub fn run(opts: &ProfileOptions, ui: &Ui) -> Result<(Profile, ProfileSummary)> 
     summary.tokens_per_second = profile.meta.tokens as f64 / seconds.max(1e-9);
     summary.input_bytes = plan.total_bytes;
     summary.peak_rss_bytes = crate::util::fs::peak_rss_bytes();
+    summary.dictionary_bytes = Some(dictionary_bytes);
     Ok((profile, summary))
 }
 
@@ -145,6 +204,11 @@ impl SequenceScanner {
     /// Tokens scanned so far.
     pub fn tokens_seen(&self) -> u64 {
         self.tokens
+    }
+
+    /// Bytes the dictionary holds now.
+    pub fn dictionary_bytes(&self) -> u64 {
+        self.dict.memory_bytes()
     }
 
     /// Scan one sequence. A token id outside the vocabulary is an input error that starts
@@ -207,6 +271,7 @@ fn scan_batches(
     vocab: u32,
     variant: LzwVariant,
     max_tokens: Option<u64>,
+    mut guard: MemoryGuard,
 ) -> Result<SequenceScanner> {
     let mut scanner = SequenceScanner::new(vocab, variant)?;
     'batches: for msg in rx.iter() {
@@ -221,6 +286,9 @@ fn scan_batches(
             if max_tokens.is_some_and(|limit| after > limit) {
                 break 'batches;
             }
+            // Before every sequence: a sequence adds at most one codeword per two tokens, so
+            // the dictionary grows at most once within one.
+            guard.check(&scanner.dict, scanner.tokens)?;
             scanner.scan(seq, || batch.origin.describe(i))?;
             if max_tokens == Some(scanner.tokens) {
                 break 'batches; // the budget is met: read no further
@@ -265,5 +333,6 @@ pub fn summary(profile: &Profile) -> ProfileSummary {
         tokens_per_second: 0.0,
         input_bytes: profile.meta.inputs.iter().map(|i| i.bytes).sum(),
         peak_rss_bytes: None,
+        dictionary_bytes: None,
     }
 }

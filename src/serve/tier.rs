@@ -223,18 +223,10 @@ fn out_of_file(at: u64, len: u64) -> Error {
     ))
 }
 
-/// Memory the kernel reports as available for new allocations (`MemAvailable`), if known.
-pub fn available_memory() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    kb.checked_mul(1024)
-}
-
 /// Refuse `--tables ram` for tables that would not fit: `bytes` must leave a quarter of the
 /// available memory for everything else.
 pub fn check_ram_budget(bytes: u64, model: &Path) -> Result<()> {
-    if let Some(avail) = available_memory() {
+    if let Some(avail) = crate::util::fs::available_memory() {
         if bytes > avail / 4 * 3 {
             return Err(Error::in_file(
                 model,

@@ -214,6 +214,14 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
     }
 }
 
+/// Memory the kernel reports as available for new allocations (`MemAvailable`), if known.
+pub fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kb.checked_mul(1024)
+}
+
 /// Whether the output is one file or a folder.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OutputKind {

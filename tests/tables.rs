@@ -96,6 +96,43 @@ fn every_tier_and_prefetch_setting_gives_bit_identical_logits() {
 }
 
 #[test]
+fn a_hot_set_serves_its_tokens_from_memory_with_identical_logits() {
+    let dir = tempfile::tempdir().unwrap();
+    let packed = pack_trained("int8", dir.path());
+    let ids: Vec<Vec<u32>> = (0..2u32)
+        .map(|r| (0..16).map(|i| (i * 13 + r * 7) % 40).collect())
+        .collect();
+    let open = || {
+        Decoder::open_tier(
+            &packed,
+            &SourceOptions::default(),
+            &Device::Cpu,
+            Some(TableTier::Disk),
+        )
+        .unwrap()
+    };
+    let (want, cold) = logits(&open(), &ids, true);
+    let mut hot = open();
+    // Tokens 0..20 resident: about half the blocks of ids drawn from 0..40.
+    let hot_tokens: Vec<u32> = (0..20).collect();
+    assert!(hot.use_hot_set(&hot_tokens).unwrap() > 0);
+    for prefetch in [true, false] {
+        let (got, stats) = logits(&hot, &ids, prefetch);
+        assert!(
+            got == want,
+            "prefetch {prefetch}: the hot set changed the logits"
+        );
+        assert!(stats.hot_blocks > 0 && stats.hot_blocks < stats.blocks);
+        assert!(stats.hot_bytes_saved > 0);
+        assert!(
+            stats.device_bytes_read < cold.device_bytes_read,
+            "hot rows are not read from the device"
+        );
+    }
+    assert!(hot.use_hot_set(&[3, 3]).is_err(), "a token named twice");
+}
+
+#[test]
 fn every_tier_serves_the_same_bytes_and_rows() {
     let dir = tempfile::tempdir().unwrap();
     for dtype in ["f16", "int8"] {

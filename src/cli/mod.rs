@@ -79,6 +79,13 @@ pub(crate) struct ModelArgs {
     /// only; the outputs are identical.
     #[arg(long, value_enum)]
     pub(crate) tables: Option<l3kit::serve::TableTier>,
+    /// Keep the rows of the N most frequent tokens (by --profile) resident in memory, in front
+    /// of the tier; reports give the share of blocks it served. The outputs are identical.
+    #[arg(long, requires = "profile")]
+    pub(crate) hot_set: Option<usize>,
+    /// The profile that ranks tokens for --hot-set.
+    #[arg(long, requires = "hot_set")]
+    pub(crate) profile: Option<PathBuf>,
 }
 
 impl ModelArgs {
@@ -90,7 +97,22 @@ impl ModelArgs {
         &self,
         src: &l3kit::verify::SourceOptions,
     ) -> l3kit::Result<l3kit::infer::OpenModel> {
-        self.open_path(&self.model, src, self.tables)
+        let mut model = self.open_path(&self.model, src, self.tables)?;
+        if let (Some(n), Some(p)) = (self.hot_set, &self.profile) {
+            let profile = l3kit::formats::profile::Profile::read(p)?;
+            let vocab = model.decoder.vocab_size();
+            if profile.unigram.len() != vocab {
+                return Err(l3kit::Error::in_file(
+                    p,
+                    format!(
+                        "the profile has a vocabulary of {}, the model {vocab}",
+                        profile.unigram.len()
+                    ),
+                ));
+            }
+            model.decoder.use_hot_set(&profile.most_frequent(n))?;
+        }
+        Ok(model)
     }
 
     /// Another model (a comparison's source) on the same device, its tables served the same

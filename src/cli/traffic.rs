@@ -120,15 +120,7 @@ pub(crate) fn cmd_traffic(args: TrafficArgs, json: bool) -> Result<()> {
                     ),
                 ));
             }
-            let mut ranked: Vec<u32> = (0..vocab as u32).collect();
-            ranked.sort_by(|&a, &b| {
-                profile.unigram[b as usize]
-                    .cmp(&profile.unigram[a as usize])
-                    .then(a.cmp(&b))
-            });
-            ranked.truncate(n.min(vocab));
-            ranked.sort_unstable();
-            Some(ranked)
+            Some(profile.most_frequent(n))
         }
         _ => None,
     };

@@ -430,6 +430,19 @@ impl Profile {
         })
     }
 
+    /// The `n` most frequent tokens by unigram count (ties to the lower id), in id order.
+    pub fn most_frequent(&self, n: usize) -> Vec<u32> {
+        let mut ranked: Vec<u32> = (0..self.unigram.len() as u32).collect();
+        ranked.sort_by(|&a, &b| {
+            self.unigram[b as usize]
+                .cmp(&self.unigram[a as usize])
+                .then(a.cmp(&b))
+        });
+        ranked.truncate(n);
+        ranked.sort_unstable();
+        ranked
+    }
+
     /// Check that this profile was made with the tokenizer file at `path`.
     pub fn check_tokenizer(&self, profile_path: &Path, tokenizer: &Path) -> Result<()> {
         let hash = sha256_file(tokenizer)?;

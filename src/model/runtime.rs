@@ -37,6 +37,10 @@ pub struct ServingStats {
     /// Bytes the `disk` tier read from the device, its 4 KiB alignment included (0 for the
     /// other tiers: their reads are served by memory or the page cache).
     pub device_bytes_read: u64,
+    /// With a hot set (`--hot-set`): blocks served from it, and the stored bytes of their
+    /// rows, which the tier did not have to read.
+    pub hot_blocks: u64,
+    pub hot_bytes_saved: u64,
     /// Distinct (token, layer) blocks gathered.
     pub blocks: u64,
     /// Time from the start of each step to its first L3 layer: the compute a prefetch can
@@ -60,6 +64,13 @@ impl ServingStats {
             line.push_str(&format!(
                 ", {} from the device",
                 human_bytes(self.device_bytes_read as f64)
+            ));
+        }
+        if self.hot_blocks > 0 {
+            line.push_str(&format!(
+                "; hot set: {:.1}% of blocks, {} not read",
+                100.0 * self.hot_blocks as f64 / self.blocks.max(1) as f64,
+                human_bytes(self.hot_bytes_saved as f64)
             ));
         }
         line
@@ -86,8 +97,9 @@ pub struct L3Runtime {
     buffers: Vec<Option<Blocks>>,
     groups: Option<Groups>,
     step_started: Option<Instant>,
-    /// The device-byte counters of the step's layers when it began.
+    /// The device-byte and hot-set counters of the step's layers when it began.
     device_bytes_at_start: u64,
+    hot_at_start: (u64, u64),
     /// The step's layers' tables, to read their device-byte counters at its end.
     step_tables: Vec<Arc<dyn TableSource>>,
     pending: Option<crossbeam_channel::Receiver<Gathered>>,
@@ -103,6 +115,7 @@ impl L3Runtime {
             groups: None,
             step_started: None,
             device_bytes_at_start: 0,
+            hot_at_start: (0, 0),
             step_tables: Vec::new(),
             pending: None,
             worker: None,
@@ -130,6 +143,7 @@ impl L3Runtime {
         }
         self.step_tables = layers.iter().map(|(_, l)| Arc::clone(&l.tables)).collect();
         self.device_bytes_at_start = self.device_bytes();
+        self.hot_at_start = self.hot();
         let groups = Groups::new(ids);
         if self.prefetch {
             let tokens = groups.tokens.clone();
@@ -221,10 +235,21 @@ impl L3Runtime {
         let now = self.device_bytes();
         self.stats.device_bytes_read += now.saturating_sub(self.device_bytes_at_start);
         self.device_bytes_at_start = now;
+        let hot = self.hot();
+        self.stats.hot_blocks += hot.0.saturating_sub(self.hot_at_start.0);
+        self.stats.hot_bytes_saved += hot.1.saturating_sub(self.hot_at_start.1);
+        self.hot_at_start = hot;
     }
 
     fn device_bytes(&self) -> u64 {
         self.step_tables.iter().map(|t| t.device_bytes_read()).sum()
+    }
+
+    fn hot(&self) -> (u64, u64) {
+        self.step_tables
+            .iter()
+            .map(|t| t.hot_hits())
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
     }
 
     fn finish_worker(&mut self) {

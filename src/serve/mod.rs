@@ -7,10 +7,12 @@
 //! rows from a source checkpoint, so the two can be compared. [`PackedStore::prefetch`] gathers
 //! the next batch's rows on a background thread while the current forward runs.
 
+pub mod hot;
 pub mod packed;
 pub mod source;
 pub mod tier;
 
+pub use hot::HotSet;
 pub use packed::{open_packed, open_packed_tier, open_stores, PackedStore, Prefetch};
 pub use source::SourceTables;
 pub use tier::{DiskMode, TableTier};
@@ -46,6 +48,10 @@ pub trait TableSource: Send + Sync {
     }
     /// Where the rows come from, for reports: `ram`, `mmap`, `disk (O_DIRECT)`, ...
     fn served_from(&self) -> &'static str;
+    /// Blocks served from a resident hot set so far, and their stored bytes (0 without one).
+    fn hot_hits(&self) -> (u64, u64) {
+        (0, 0)
+    }
     /// Gather the rows of `tokens` (distinct ids, any order) as f32 into `blocks`, reusing
     /// its buffer (a serving loop keeps one staging buffer and never reallocates it).
     fn gather_into(&self, tokens: &[u32], blocks: &mut Blocks) -> Result<()>;

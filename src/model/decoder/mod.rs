@@ -344,6 +344,18 @@ impl Decoder {
         self.config.vocab_size()
     }
 
+    /// Keep the rows of `tokens` resident for every L3 layer, in front of the tier they are
+    /// served from; returns the bytes the hot set holds.
+    pub fn use_hot_set(&mut self, tokens: &[u32]) -> Result<u64> {
+        let mut bytes = 0u64;
+        for (_, layer) in &mut self.l3 {
+            let hot = crate::serve::HotSet::new(std::sync::Arc::clone(&layer.tables), tokens)?;
+            bytes += hot.resident_bytes();
+            layer.tables = std::sync::Arc::new(hot);
+        }
+        Ok(bytes)
+    }
+
     pub fn device(&self) -> &Device {
         &self.device
     }

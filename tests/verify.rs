@@ -92,15 +92,19 @@ fn packed_lossless_forward_equals_source_bit_for_bit() {
 }
 
 #[test]
-fn kernels_and_candle_backends_agree() {
-    let f = fixture(Dialect::Paper, TableDtype::F32);
-    let src = verify::load_source(&f.src, &source_opts(&f), &Device::Cpu).unwrap();
-    let inputs = Inputs::random(257, 16, 64, None, 11).unwrap();
-    let a = run(&src, &inputs, Backend::Kernels);
-    let b = run(&src, &inputs, Backend::Candle);
-    for (x, y) in a.iter().zip(&b) {
-        let (_, rel, _, _) = verify::compare(x, y, 16);
-        assert!(rel < 1e-5, "relative error {rel}");
+fn kernels_candle_and_bucketed_backends_agree() {
+    for dialect in [Dialect::Paper, Dialect::Nanochat] {
+        let f = fixture(dialect, TableDtype::F32);
+        let src = verify::load_source(&f.src, &source_opts(&f), &Device::Cpu).unwrap();
+        let inputs = Inputs::random(257, 16, 64, None, 11).unwrap();
+        let a = run(&src, &inputs, Backend::Kernels);
+        for backend in [Backend::Candle, Backend::Bucketed] {
+            let b = run(&src, &inputs, backend);
+            for (x, y) in a.iter().zip(&b) {
+                let (_, rel, _, _) = verify::compare(x, y, 16);
+                assert!(rel < 1e-5, "{dialect:?} {backend:?}: relative error {rel}");
+            }
+        }
     }
 }
 

@@ -40,8 +40,13 @@ pub struct L3Config {
 pub enum Backend {
     /// Hand-written CPU kernels (the default on CPU).
     Kernels,
-    /// candle ops per distinct token (any device).
+    /// candle ops per distinct token (any device): two small matmuls per token.
     Candle,
+    /// candle ops per bucket of tokens (any device; the default off the CPU): the step's
+    /// distinct tokens grouped by block size and by positions, both rounded up to a power of
+    /// two, padded within the bucket, the padding masked (-inf scores), one batched matmul
+    /// pair per bucket: a handful of launches per layer instead of two per token.
+    Bucketed,
 }
 
 fn ce(e: candle_core::Error) -> Error {
@@ -190,7 +195,7 @@ impl L3Layer {
         let backend = if self.device.is_cpu() {
             Backend::Kernels
         } else {
-            Backend::Candle
+            Backend::Bucketed
         };
         self.forward_gathered_with(hidden, token_ids, groups, blocks, backend)
     }
@@ -238,6 +243,9 @@ impl L3Layer {
                 Tensor::from_vec(a, (token_ids.len(), cfg.d_emb), &self.device).map_err(ce)?
             }
             Backend::Candle => attend_candle(cfg, &q, groups, blocks, &self.device).map_err(ce)?,
+            Backend::Bucketed => {
+                attend_bucketed(cfg, &q, groups, blocks, &self.device).map_err(ce)?
+            }
         };
         self.project(&x, &a).map_err(ce)
     }
@@ -468,6 +476,112 @@ fn attend_candle(
     sorted.index_select(&inv, 0)
 }
 
+/// The buckets of [`Backend::Bucketed`]: (rows, positions) rounded up to powers of two, each
+/// with its distinct-token indices; tokens without rows are in none (their output is zero,
+/// as the kernels give).
+pub fn buckets(groups: &Groups, blocks: &Blocks) -> Vec<((usize, usize), Vec<usize>)> {
+    let mut map: std::collections::BTreeMap<(usize, usize), Vec<usize>> = Default::default();
+    for i in 0..groups.tokens.len() {
+        let rows = blocks.starts[i + 1] - blocks.starts[i];
+        if rows == 0 {
+            continue;
+        }
+        let positions = groups.starts[i + 1] - groups.starts[i];
+        map.entry((rows.next_power_of_two(), positions.next_power_of_two()))
+            .or_default()
+            .push(i);
+    }
+    map.into_iter().collect()
+}
+
+/// The attention part with one padded, masked batched matmul pair per bucket (any device).
+fn attend_bucketed(
+    cfg: &L3Config,
+    q: &Tensor,
+    groups: &Groups,
+    blocks: &Blocks,
+    device: &Device,
+) -> candle_core::Result<Tensor> {
+    let (width, d_in, d_emb) = (blocks.row_width, cfg.d_in, cfg.d_emb);
+    let n = groups.order.len();
+    let total_rows = blocks.starts.last().copied().unwrap_or(0);
+    // One zero row after the real ones: what padding indexes.
+    let rows = Tensor::cat(
+        &[
+            &Tensor::from_slice(&blocks.rows, (total_rows, width), device)?,
+            &Tensor::zeros((1, width), DType::F32, device)?,
+        ],
+        0,
+    )?;
+    let q_ext = Tensor::cat(&[q, &Tensor::zeros((1, d_in), DType::F32, device)?], 0)?;
+    let mut outputs = Vec::new();
+    // Where each position's output row lands in the concatenated bucket outputs; positions
+    // of tokens without rows point at a final zero row.
+    let mut at = vec![u32::MAX; n];
+    let mut produced = 0usize;
+    for ((k, m), members) in buckets(groups, blocks) {
+        let g = members.len();
+        let mut row_idx = Vec::with_capacity(g * k);
+        let mut q_idx = Vec::with_capacity(g * m);
+        let mut mask = Vec::with_capacity(g * k);
+        for (slot, &i) in members.iter().enumerate() {
+            let (r0, r1) = (blocks.starts[i], blocks.starts[i + 1]);
+            for r in 0..k {
+                let valid = r0 + r < r1;
+                row_idx.push(if valid {
+                    (r0 + r) as u32
+                } else {
+                    total_rows as u32
+                });
+                mask.push(if valid { 0f32 } else { f32::NEG_INFINITY });
+            }
+            let positions = &groups.order[groups.starts[i]..groups.starts[i + 1]];
+            for j in 0..m {
+                match positions.get(j) {
+                    Some(&p) => {
+                        q_idx.push(p as u32);
+                        at[p] = (produced + slot * m + j) as u32;
+                    }
+                    None => q_idx.push(n as u32),
+                }
+            }
+        }
+        let block = rows
+            .index_select(&Tensor::from_vec(row_idx, g * k, device)?, 0)?
+            .reshape((g, k, width))?;
+        let mut keys = block.narrow(2, 0, d_in)?;
+        let values = if cfg.semantics.tied {
+            keys.clone()
+        } else {
+            block.narrow(2, d_in, d_emb)?
+        };
+        if cfg.semantics.key_norm {
+            keys = rms_norm(&keys, None, cfg.semantics.norm_eps)?;
+        }
+        let qb = q_ext
+            .index_select(&Tensor::from_vec(q_idx, g * m, device)?, 0)?
+            .reshape((g, m, d_in))?;
+        let scores = (qb.matmul(&keys.transpose(1, 2)?.contiguous()?)?
+            * cfg.semantics.score_scale)?
+            .broadcast_add(&Tensor::from_vec(mask, (g, 1, k), device)?)?;
+        let weights = candle_nn::ops::softmax_last_dim(&scores)?;
+        outputs.push(
+            weights
+                .matmul(&values.contiguous()?)?
+                .reshape((g * m, d_emb))?,
+        );
+        produced += g * m;
+    }
+    outputs.push(Tensor::zeros((1, d_emb), DType::F32, device)?);
+    let all = Tensor::cat(&outputs, 0)?;
+    let zero_row = produced as u32;
+    let index: Vec<u32> = at
+        .into_iter()
+        .map(|a| if a == u32::MAX { zero_row } else { a })
+        .collect();
+    all.index_select(&Tensor::from_vec(index, n, device)?, 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -478,6 +592,20 @@ mod tests {
         assert_eq!(g.tokens, vec![2, 5, 9]);
         assert_eq!(g.order, vec![1, 4, 0, 2, 3]);
         assert_eq!(g.starts, vec![0, 2, 4, 5]);
+    }
+
+    #[test]
+    fn buckets_round_rows_and_positions_up_and_skip_empty_blocks() {
+        // Tokens 1, 2, 3, 4 hold 3, 4, 0 and 1 rows; 4 appears at three positions.
+        let g = Groups::new(&[1, 2, 3, 4, 4, 4]);
+        let blocks = Blocks {
+            tokens: g.tokens.clone(),
+            starts: vec![0, 3, 7, 7, 8],
+            rows: vec![0.0; 8],
+            row_width: 1,
+        };
+        let b = buckets(&g, &blocks);
+        assert_eq!(b, vec![((1, 4), vec![3]), ((4, 1), vec![0, 1])]);
     }
 
     #[test]

@@ -255,7 +255,7 @@ impl MoeLayer {
                 }
                 Tensor::from_vec(acc, (n, d), &self.device).map_err(ce)
             }
-            Backend::Candle => {
+            Backend::Candle | Backend::Bucketed => {
                 for (expert, (tokens, weights)) in self.experts.iter().zip(&groups) {
                     if tokens.is_empty() {
                         continue;

@@ -107,7 +107,9 @@ fn check_golden(file: &str, scheme: &str, shared: usize) {
         for backend in [Backend::Kernels, Backend::Candle] {
             let got = match backend {
                 Backend::Kernels => out.clone(),
-                Backend::Candle | Backend::Bucketed => layer.forward_routed(&x, &routed, backend).unwrap(),
+                Backend::Candle | Backend::Bucketed => {
+                    layer.forward_routed(&x, &routed, backend).unwrap()
+                }
             };
             let got = got.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let (r, m) = (rel_l2(&got, &want), max_abs(&got, &want));

@@ -323,3 +323,53 @@ fn synth_writes_whole_models_that_pack_and_run() {
         assert!(!out_dir.exists(), "{shape:?} left {}", out_dir.display());
     }
 }
+
+#[test]
+fn a_hot_set_needs_the_models_own_profile() {
+    let dir = tempfile::tempdir().unwrap();
+    let gpt2_profile = dir.path().join("gpt2.safetensors");
+    assert_ok(&run([
+        "profile",
+        "--tokenizer",
+        &fixture("tokenizer/gpt2.json").display().to_string(),
+        &fixture("corpus/heldout.txt").display().to_string(),
+        "--out",
+        &gpt2_profile.display().to_string(),
+    ]));
+    let gen = |extra: &[&str]| {
+        let mut a: Vec<String> = [
+            "generate",
+            "--model",
+            &fixture("trained").display().to_string(),
+            "--allocation",
+            &fixture("trained/allocation.safetensors")
+                .display()
+                .to_string(),
+            "--prompt-ids",
+            "1,2,3",
+            "--max-new-tokens",
+            "2",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        run(a)
+    };
+    let p = gpt2_profile.display().to_string();
+    assert_refused(
+        &gen(&["--hot-set", "8", "--profile", &p]),
+        2,
+        &["gpt2.safetensors", "vocabulary of 50257", "512"],
+    );
+    assert_refused(&gen(&["--hot-set", "8"]), 2, &["--profile"]);
+    // Not a profile at all.
+    let bogus = fixture("trained/allocation.safetensors")
+        .display()
+        .to_string();
+    assert_refused(
+        &gen(&["--hot-set", "8", "--profile", &bogus]),
+        2,
+        &["allocation.safetensors"],
+    );
+}

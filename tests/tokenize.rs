@@ -293,3 +293,43 @@ fn profile_stops_before_its_dictionary_passes_max_memory() {
         "{bytes} for {codewords}"
     );
 }
+
+#[test]
+fn outputs_that_are_links_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let target = d.join("target.u16");
+    std::fs::write(&target, b"keep").unwrap();
+    let link = d.join("link.u16");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let tok = |extra: &[String]| {
+        let mut a = vec![
+            "tokenize".to_string(),
+            "--tokenizer".into(),
+            gpt2(),
+            texts()[0].clone(),
+        ];
+        a.extend(extra.iter().cloned());
+        run(a)
+    };
+    assert_refused(
+        &tok(&["--out".into(), s(&link)]),
+        2,
+        &["--out", "symbolic link"],
+    );
+    let manifest_link = d.join("m.json");
+    std::os::unix::fs::symlink(&target, &manifest_link).unwrap();
+    let out = d.join("ids.u16");
+    assert_refused(
+        &tok(&[
+            "--out".into(),
+            s(&out),
+            "--manifest".into(),
+            s(&manifest_link),
+        ]),
+        2,
+        &["--manifest", "symbolic link"],
+    );
+    assert!(!out.exists(), "nothing written");
+    assert_eq!(std::fs::read(&target).unwrap(), b"keep");
+}

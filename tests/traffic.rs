@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{assert_ok, assert_refused, fixture, run};
+use common::{assert_ok, assert_refused, fixture, mkfifo, run};
 use l3kit::infer::traffic::predicted_stall_seconds;
 use l3kit::util::safetensors_file::MappedSafetensors;
 
@@ -234,4 +234,41 @@ fn an_moe_model_reports_its_experts_on_the_critical_path() {
         distinct_at[1] >= distinct_at[0],
         "a batch of 8 uses at least as many experts per step as one sequence: {distinct_at:?}"
     );
+}
+
+#[test]
+fn tokens_stream_through_a_fifo_and_a_folder_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("ids.u16");
+    mkfifo(&fifo);
+    let writer = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || {
+            let ids: Vec<u8> = (0..64u16).flat_map(|i| (i % 500).to_le_bytes()).collect();
+            std::fs::write(&fifo, ids).unwrap();
+        })
+    };
+    let out = run([
+        "--json",
+        "traffic",
+        "--model",
+        &s(&fixture("trained")),
+        "--tokens",
+        &s(&fifo),
+        "--batch",
+        "4",
+    ]);
+    writer.join().unwrap();
+    let v: serde_json::Value = serde_json::from_str(&assert_ok(&out)).unwrap();
+    assert_eq!(v["stream_tokens"], 64);
+    let folder = dir.path().join("d.u16");
+    std::fs::create_dir(&folder).unwrap();
+    let out = run([
+        "traffic",
+        "--model",
+        &s(&fixture("trained")),
+        "--tokens",
+        &s(&folder),
+    ]);
+    assert_refused(&out, 2, &["d.u16", "not a regular file or a FIFO"]);
 }

@@ -99,18 +99,9 @@ impl ModelArgs {
     ) -> l3kit::Result<l3kit::infer::OpenModel> {
         let mut model = self.open_path(&self.model, src, self.tables)?;
         if let (Some(n), Some(p)) = (self.hot_set, &self.profile) {
-            let profile = l3kit::formats::profile::Profile::read(p)?;
             let vocab = model.decoder.vocab_size();
-            if profile.unigram.len() != vocab {
-                return Err(l3kit::Error::in_file(
-                    p,
-                    format!(
-                        "the profile has a vocabulary of {}, the model {vocab}",
-                        profile.unigram.len()
-                    ),
-                ));
-            }
-            model.decoder.use_hot_set(&profile.most_frequent(n))?;
+            let tokens = l3kit::formats::profile::Profile::read_hot_set(p, n, vocab)?;
+            model.decoder.use_hot_set(&tokens)?;
         }
         Ok(model)
     }

@@ -109,19 +109,7 @@ pub(crate) fn cmd_traffic(args: TrafficArgs, json: bool) -> Result<()> {
         }
     };
     let hot_tokens = match (&args.profile, args.hot_set) {
-        (Some(p), Some(n)) => {
-            let profile = Profile::read(p)?;
-            if profile.unigram.len() != vocab {
-                return Err(Error::in_file(
-                    p,
-                    format!(
-                        "the profile has a vocabulary of {}, the model {vocab}",
-                        profile.unigram.len()
-                    ),
-                ));
-            }
-            Some(profile.most_frequent(n))
-        }
+        (Some(p), Some(n)) => Some(Profile::read_hot_set(p, n, vocab)?),
         _ => None,
     };
     let opts = TrafficOptions {

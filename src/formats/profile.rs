@@ -430,6 +430,23 @@ impl Profile {
         })
     }
 
+    /// Read the profile at `path` and return its `n` most frequent tokens (a hot set for a
+    /// model of `vocab` tokens), refusing a profile of another vocabulary.
+    pub fn read_hot_set(path: &Path, n: usize, vocab: usize) -> Result<Vec<u32>> {
+        let profile = Profile::read(path)?;
+        if profile.unigram.len() != vocab {
+            return Err(Error::in_file(
+                path,
+                format!(
+                    "the profile has a vocabulary of {}, the model {vocab}: a hot set needs the \
+                     model's own tokenizer's profile",
+                    profile.unigram.len()
+                ),
+            ));
+        }
+        Ok(profile.most_frequent(n))
+    }
+
     /// The `n` most frequent tokens by unigram count (ties to the lower id), in id order.
     pub fn most_frequent(&self, n: usize) -> Vec<u32> {
         let mut ranked: Vec<u32> = (0..self.unigram.len() as u32).collect();

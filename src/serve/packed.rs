@@ -414,10 +414,12 @@ pub fn open_packed_tier(
 /// The stores of every layer of an open packed model.
 pub fn open_stores(model: &PackedModel, tier: TableTier) -> Result<Vec<Arc<PackedStore>>> {
     if tier == TableTier::Ram {
-        let mut total = 0u64;
-        for i in 0..model.config.layers.len() {
-            total = total.saturating_add(PackedStore::open(model, i)?.table_bytes());
-        }
+        // From the validated config: every layer holds n_emb rows of the packed row size.
+        let c = &model.config;
+        let total = c.layers.iter().fold(0u64, |sum, l| {
+            let row = c.dtype.row_bytes(l.d_in, l.d_emb, c.semantics.tied);
+            sum.saturating_add(l.n_emb.saturating_mul(row))
+        });
         super::tier::check_ram_budget(total, &model.dir)?;
     }
     (0..model.config.layers.len())
